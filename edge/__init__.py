@@ -1,0 +1,1 @@
+"""Clinic side: torch-free inference, local client update and the federation node."""

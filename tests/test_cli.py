@@ -15,3 +15,22 @@ def test_help_lists_every_verb():
     assert out.returncode == 0
     for verb in VERBS:
         assert verb in out.stdout
+
+
+def test_cli_imports_no_heavy_stack():
+    """`samfed --help` and the edge verbs must work on a torch-free install."""
+    code = (
+        "import sys; import cli; "
+        "heavy = {'torch', 'nncf', 'flwr', 'onnx', 'matplotlib'}; "
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & heavy)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    out = run_cli("data", "check", str(tmp_path / "does-not-exist"))
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr + out.stdout
+    assert "error" in out.stderr.lower()

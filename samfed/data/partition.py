@@ -1,0 +1,295 @@
+"""Federated splits: server labeled set, N unlabeled clients (IID or non-IID), val and test.
+
+Schemes for the unlabeled pool (everything in the pool that is not server-labeled):
+- ``iid``: shuffled and cut into N equal parts.
+- ``dirichlet``: images are binned by lesion area fraction (quantile bins over the pool); each bin
+  is shared among the clients with proportions drawn from Dirichlet(alpha); small alpha = skewed.
+- ``size``: sorted by image resolution (area, then height and width; ties in seeded random
+  order) and cut into N equal contiguous parts, so each client holds a band of resolutions, i.e.
+  mostly one endoscope (Kvasir-SEG). Counts stay balanced; skew comes from the devices.
+The split is deterministic for a given dataset, arguments and seed, and its parts are disjoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from samfed.data.io import MASK_THRESHOLD, image_size
+from samfed.data.readers import Dataset, load_dataset
+from samfed.errors import SamfedError
+
+SCHEMES = ("iid", "dirichlet", "size")
+SPLIT_FORMAT = 1
+
+
+@dataclass
+class Split:
+    """Ids of each part of a federated split; JSON-serialisable and recorded by every run."""
+
+    server_labeled: list[str]
+    clients: list[list[str]]
+    val: list[str]
+    test: list[str]
+    scheme: str = "iid"
+    seed: int = 0
+    alpha: float | None = None
+    labeled_fraction: float | None = None
+    dataset: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def parts(self) -> dict[str, list[str]]:
+        """Every part by name: server_labeled, client0..clientN-1, val, test."""
+        out = {"server_labeled": self.server_labeled}
+        out.update({f"client{i}": c for i, c in enumerate(self.clients)})
+        out.update({"val": self.val, "test": self.test})
+        return out
+
+    def all_ids(self) -> list[str]:
+        return [i for ids in self.parts.values() for i in ids]
+
+    def validate(self, dataset: Dataset) -> None:
+        """Raise SamfedError unless every id of the split is in `dataset` and parts are disjoint."""
+        ids = self.all_ids()
+        if len(set(ids)) != len(ids):
+            raise SamfedError("The split file is invalid: some ids appear in more than one part.")
+        missing = [i for i in ids if i not in dataset]
+        if missing:
+            raise SamfedError(
+                f"The split does not match the dataset at {dataset.root}: id {missing[0]!r} and "
+                f"{len(missing) - 1} more are not in it."
+            )
+
+    def to_dict(self) -> dict:
+        return {"format": SPLIT_FORMAT, **asdict(self)}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Split:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            d.pop("format", None)
+            split = cls(**d)
+            ok = all(
+                isinstance(x, list) for x in (split.server_labeled, split.val, split.test, split.clients)
+            )
+            if not ok or not all(isinstance(c, list) for c in split.clients):
+                raise TypeError("parts must be lists of ids")
+        except FileNotFoundError:
+            raise SamfedError(f"Split file {path} does not exist.") from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise SamfedError(f"Split file {path} is not a samfed split ({exc}).") from None
+        return split
+
+
+def lesion_fraction(path: str | Path) -> float:
+    """Foreground fraction of a mask file; JPEGs are decoded at reduced scale (fast, approximate)."""
+    try:
+        with Image.open(path) as img:
+            img.draft("L", (max(1, img.width // 4), max(1, img.height // 4)))
+            a = np.asarray(img.convert("L"))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise SamfedError(f"Cannot read mask {path}: it is corrupt or not an image ({exc}).") from None
+    return float((a >= MASK_THRESHOLD).mean())
+
+
+def lesion_fractions(
+    dataset: Dataset,
+    ids: Sequence[str],
+    workers: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """id -> lesion area fraction from the masks; raises SamfedError if a sample has no mask.
+
+    `progress(done, total)` is called after each mask.
+    """
+    samples = dataset.select(list(ids))
+    unlabeled = [s.id for s in samples if s.mask is None]
+    if unlabeled:
+        raise SamfedError(
+            f"Lesion sizes need masks, but {unlabeled[0]!r} and {len(unlabeled) - 1} more have none."
+        )
+    out = {}
+    with ThreadPoolExecutor(workers) as pool:
+        for k, f in enumerate(pool.map(lambda s: lesion_fraction(s.mask), samples)):
+            out[samples[k].id] = f
+            if progress is not None:
+                progress(k + 1, len(samples))
+    return out
+
+
+def image_sizes(dataset: Dataset, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """id -> (width, height) read from file headers only."""
+    return {s.id: image_size(s.image) for s in dataset.select(list(ids))}
+
+
+def resolution_clusters(sizes: dict[str, tuple[int, int]], gap: float = 0.05) -> dict[str, int]:
+    """id -> cluster index: resolutions sorted by sqrt(area) start a new cluster after a relative
+    gap larger than `gap` (Kvasir-SEG: ~600x530 crops, 720x576, ~1215x1010, 1348x1070, 1920x1072)."""
+    scales = sorted({math.sqrt(w * h) for w, h in sizes.values()})
+    cluster_of, k = {}, 0
+    for i, sc in enumerate(scales):
+        if i and sc > scales[i - 1] * (1 + gap):
+            k += 1
+        cluster_of[sc] = k
+    return {i: cluster_of[math.sqrt(w * h)] for i, (w, h) in sizes.items()}
+
+
+def quantile_bins(values: dict[str, float], n_bins: int) -> dict[str, int]:
+    """id -> bin index 0..n_bins-1 by quantiles of `values` (ties fall in the same bin)."""
+    v = np.array(list(values.values()))
+    edges = np.quantile(v, np.linspace(0, 1, n_bins + 1)[1:-1]) if len(v) else []
+    return {i: int(np.searchsorted(edges, x, side="right")) for i, x in values.items()}
+
+
+def _dirichlet(ids: list[str], bins: dict[str, int], n: int, alpha: float, rng: np.random.Generator):
+    """Share each bin among `n` clients with Dirichlet(alpha) proportions; redraw until no client is
+    nearly empty (as in the usual FL label-skew recipes)."""
+    by_bin: dict[int, list[str]] = {}
+    for i in ids:
+        by_bin.setdefault(bins[i], []).append(i)
+    min_size = max(1, min(10, len(ids) // (4 * n)))
+    for _ in range(1000):
+        clients: list[list[str]] = [[] for _ in range(n)]
+        for b in sorted(by_bin):
+            members = list(rng.permutation(by_bin[b]))
+            cuts = (np.cumsum(rng.dirichlet([alpha] * n))[:-1] * len(members)).round().astype(int)
+            for c, part in enumerate(np.split(np.array(members, dtype=object), cuts)):
+                clients[c] += [str(x) for x in part]
+        if min(len(c) for c in clients) >= min_size:
+            return clients
+    raise SamfedError(
+        f"Could not give each of {n} clients at least {min_size} images with alpha={alpha}; "
+        "use a larger --alpha or fewer clients."
+    )
+
+
+def _resolve_parts(dataset, pool_ids, val_ids, val_fraction, test_fraction, rng):
+    """(pool, val, test), each sorted. Explicit ids win over split files, split files over fractions:
+    pool = pool_ids | train.txt | all ids; val = val_ids | val.txt | val_fraction of the pool;
+    test = test.txt | test_fraction of the pool."""
+
+    def take(ids: list[str], fraction: float) -> tuple[list[str], list[str]]:
+        ids = sorted(ids)
+        order = rng.permutation(len(ids))
+        k = round(len(ids) * fraction)
+        return sorted(ids[j] for j in order[:k]), sorted(ids[j] for j in order[k:])
+
+    splits = dataset.splits
+    test = list(splits.get("test", []))
+    val = list(val_ids) if val_ids is not None else list(splits["val"]) if "val" in splits else None
+    pool = list(pool_ids) if pool_ids is not None else list(splits.get("train") or dataset.ids)
+    held_out = set(test) | set(val or [])
+    pool = [i for i in pool if i not in held_out]
+    if val is None:
+        val, pool = take(pool, val_fraction)
+    if "test" not in splits and test_fraction > 0:
+        test, pool = take(pool, test_fraction)
+    for name, ids in (("pool", pool), ("val", val), ("test", test)):
+        unknown = [i for i in ids if i not in dataset]
+        if unknown:
+            raise SamfedError(f"{name} id {unknown[0]!r} is not in the dataset at {dataset.root}.")
+    return sorted(pool), sorted(val), sorted(test)
+
+
+def make_split(
+    dataset: Dataset | str | Path,
+    *,
+    clients: int = 4,
+    labeled_fraction: float = 0.1,
+    scheme: str = "iid",
+    alpha: float = 0.5,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    pool_ids: Sequence[str] | None = None,
+    val_ids: Sequence[str] | None = None,
+    n_bins: int = 5,
+) -> Split:
+    """Split a dataset for federated semi-supervised training.
+
+    Pool, val and test: explicit `pool_ids` / `val_ids` win, then the split files (train.txt is
+    the pool, val.txt / test.txt are val and test), then fractions: without val.txt,
+    `val_fraction` of the pool is val; without test.txt, `test_fraction` of the pool is test (0
+    for none). From the pool, `labeled_fraction` (at least one image) goes to the server; the
+    rest is shared among `clients` by `scheme` ('iid' | 'dirichlet' over `n_bins` lesion-size
+    bins with `alpha` | 'size' by image resolution).
+    """
+    if not isinstance(dataset, Dataset):
+        dataset = load_dataset(dataset)
+    if scheme not in SCHEMES:
+        raise SamfedError(f"Unknown partition scheme {scheme!r}; choose one of {', '.join(SCHEMES)}.")
+    if clients < 1:
+        raise SamfedError(f"The number of clients must be at least 1, got {clients}.")
+    if not 0 < labeled_fraction < 1:
+        raise SamfedError(
+            f"The labeled fraction must be between 0 and 1 (exclusive), got {labeled_fraction}."
+        )
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1):
+        raise SamfedError("The val and test fractions must be between 0 and 1.")
+    if scheme == "dirichlet" and alpha <= 0:
+        raise SamfedError(f"The Dirichlet alpha must be positive, got {alpha}.")
+    seeds = np.random.SeedSequence(seed).spawn(3)
+    pool, val, test = _resolve_parts(
+        dataset, pool_ids, val_ids, val_fraction, test_fraction, np.random.default_rng(seeds[0])
+    )
+
+    rng = np.random.default_rng(seeds[1])
+    n_lab = max(1, round(len(pool) * labeled_fraction))
+    if len(pool) < n_lab + clients:
+        raise SamfedError(
+            f"The pool has {len(pool)} images: too few for {n_lab} server-labeled images "
+            f"and {clients} clients."
+        )
+    order = rng.permutation(len(pool))
+    labeled = sorted(pool[j] for j in order[:n_lab])
+    unlabeled = sorted(pool[j] for j in order[n_lab:])
+
+    rng = np.random.default_rng(seeds[2])
+    meta: dict = {"pool": len(pool)}
+    if scheme == "iid":
+        parts = [
+            list(p)
+            for p in np.array_split(
+                np.array(unlabeled, dtype=object)[rng.permutation(len(unlabeled))], clients
+            )
+        ]
+    elif scheme == "dirichlet":
+        fractions = lesion_fractions(dataset, unlabeled)
+        bins = quantile_bins(fractions, n_bins)
+        parts = _dirichlet(unlabeled, bins, clients, alpha, rng)
+        edges = np.quantile(list(fractions.values()), np.linspace(0, 1, n_bins + 1))
+        meta["lesion_bin_edges"] = [round(float(e), 5) for e in edges]
+    else:
+        sizes = image_sizes(dataset, unlabeled)
+        tie = dict(zip(unlabeled, rng.permutation(len(unlabeled)).tolist(), strict=True))
+        ordered = sorted(
+            unlabeled, key=lambda i: (sizes[i][0] * sizes[i][1], sizes[i][1], sizes[i][0], tie[i])
+        )
+        parts = [list(p) for p in np.array_split(np.array(ordered, dtype=object), clients)]
+    return Split(
+        server_labeled=labeled,
+        clients=[sorted(str(i) for i in p) for p in parts],
+        val=val,
+        test=test,
+        scheme=scheme,
+        seed=seed,
+        alpha=alpha if scheme == "dirichlet" else None,
+        labeled_fraction=labeled_fraction,
+        dataset=str(dataset.root),
+        meta=meta,
+    )

@@ -1,0 +1,320 @@
+"""Deterministic synthetic datasets: dermoscopy-like skin lesions and endoscopy-like polyps.
+
+Each image comes from its own generator seeded by ``(seed, index)``, so image ``i`` is the same
+whatever ``n`` is. Only numpy and PIL (works on the light install); 10-20 ms of CPU per 256 px image.
+
+Difficulty is deliberate: lesion area spans ~0.5 % to ~50 % of the image, some lesions have low
+contrast and blurred borders, and there are distractors (freckles and hair on skin; folds, vessels,
+specular highlights, a black scope border and an inset box on polyp images). Polyp images come
+from three simulated endoscopes with different resolutions and colour tones, so the image-size
+partition (`samfed data split --partition size`) separates devices as in Kvasir-SEG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from samfed.errors import SamfedError
+
+DOMAINS = ("skin", "polyp")
+GENERATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Endoscope:
+    """A simulated endoscope: resolution relative to `size`, colour tone and border style."""
+
+    name: str
+    aspect: tuple[float, float]  # (width, height) as multiples of size
+    prob: float
+    tone: tuple[float, float, float]
+    inset_box: float  # probability of the scope-position inset box in the lower-left corner
+
+
+ENDOSCOPES = (
+    Endoscope("A", (1.17, 1.0), 0.5, (1.0, 1.0, 1.0), 0.0),
+    Endoscope("B", (1.0, 1.0), 0.3, (1.04, 0.93, 0.95), 0.6),
+    Endoscope("C", (1.5, 1.25), 0.2, (0.95, 1.02, 1.06), 0.2),
+)
+
+
+def polyp_resolutions(size: int) -> list[tuple[int, int]]:
+    """The (width, height) of each simulated endoscope at `size`."""
+    return [_even(e.aspect[0] * size, e.aspect[1] * size) for e in ENDOSCOPES]
+
+
+def _even(w: float, h: float) -> tuple[int, int]:
+    return 2 * round(w / 2), 2 * round(h / 2)
+
+
+def _noise(rng: np.random.Generator, h: int, w: int, scale: float, octaves: int = 1) -> np.ndarray:
+    """Smooth noise with unit std, features about `scale` px; (h, w) float32."""
+    out = None
+    amp = 1.0
+    for _ in range(octaves):
+        gh, gw = max(2, math.ceil(h / scale) + 1), max(2, math.ceil(w / scale) + 1)
+        grid = rng.standard_normal((gh, gw), dtype=np.float32) * np.float32(amp)
+        layer = np.asarray(Image.fromarray(grid, "F").resize((w, h), Image.BICUBIC))
+        out = layer.copy() if out is None else out.__iadd__(layer)
+        amp *= 0.5
+        scale = max(scale / 2, 1.0)
+    out /= out[::3, ::3].std() + 1e-6
+    return out
+
+
+def _blob(rng, h, w, cy, cx, r, irregular, lobes) -> np.ndarray:
+    """Normalised radius field q (q < 1 inside) of an irregular multi-lobed blob of radius ~r; (h, w).
+
+    q is smooth, so it is computed on a half-resolution grid and upsampled bilinearly (4x faster).
+    """
+    hh, ww = max(2, (h + 1) // 2), max(2, (w + 1) // 2)
+    # pixel centres of the half grid in full-resolution coordinates, as PIL's resize maps them
+    ys = ((np.arange(hh, dtype=np.float32) + 0.5) * (h / hh) - 0.5)[:, None]
+    xs = ((np.arange(ww, dtype=np.float32) + 0.5) * (w / ww) - 0.5)[None, :]
+    q = np.full((hh, ww), np.inf, np.float32)
+    for j in range(lobes):
+        rj = r if j == 0 else r * rng.uniform(0.45, 0.8)
+        oy, ox = (0.0, 0.0) if j == 0 else rng.normal(0, 0.55 * r, 2)
+        ang, ecc = rng.uniform(0, math.pi), math.sqrt(rng.uniform(1.0, 1.8))
+        dy, dx = ys - np.float32(cy + oy), xs - np.float32(cx + ox)
+        u = (dx * math.cos(ang) + dy * math.sin(ang)) / ecc
+        v = (dy * math.cos(ang) - dx * math.sin(ang)) * ecc
+        theta = np.arctan2(v, u)
+        rad = np.ones_like(theta)
+        for k in range(2, 7):
+            rad += rng.uniform(0, irregular) / k * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
+        q = np.minimum(q, np.hypot(u, v) / (rj * np.maximum(rad, 0.3)))
+    return np.asarray(Image.fromarray(q, "F").resize((w, h), Image.BILINEAR))
+
+
+def _soft(q: np.ndarray, r: float, blur: float) -> np.ndarray:
+    """Alpha of a blob with a border blurred over ~`blur` px; alpha > 0.5 exactly where q < 1."""
+    return 1.0 / (1.0 + np.exp(np.clip(-(1.0 - q) * r / max(blur, 0.3), -30, 30)))
+
+
+def _lesion_radius(rng, h, w, lo, hi) -> float:
+    """Radius for a log-uniform area fraction in [lo, hi]."""
+    frac = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    return math.sqrt(frac * h * w / math.pi)
+
+
+def _rgb(*v: float) -> np.ndarray:
+    """A colour (or per-channel factor) as a float32 (3,) array, so image maths stays float32."""
+    return np.asarray(v, np.float32)
+
+
+def _finish(rng, img: np.ndarray, noise_std: float) -> np.ndarray:
+    img += (rng.standard_normal(img.shape[:2], dtype=np.float32) * np.float32(noise_std))[..., None]
+    return np.clip(img, 0, 255, out=img).astype(np.uint8)
+
+
+def skin(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """One dermoscopy-like image: (size, size, 3) uint8 and its (size, size) bool lesion mask."""
+    h = w = size
+    s = size / 256
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = rng.uniform()
+    tone = (_rgb(238, 204, 184) * (1 - t) + _rgb(186, 132, 104) * t) * rng.uniform(0.92, 1.05, 3)
+    tone = tone.astype(np.float32)
+    shade = (1 + 0.05 * _noise(rng, h, w, 64 * s, 3)) * (1 + 0.025 * _noise(rng, h, w, 3 * s))  # + texture
+    img = tone * shade[..., None]
+
+    r = _lesion_radius(rng, h, w, 0.01, 0.5)
+    cy, cx = (np.array([h, w]) / 2 + rng.normal(0, 0.12 * size, 2)).tolist()
+    q = _blob(rng, h, w, cy, cx, r, rng.uniform(0.2, 1.0), int(rng.integers(1, 4)))
+    q = q + rng.uniform(0.5, 4.0) * s / r * _noise(rng, h, w, 6 * s)  # ragged border, ~0.5-4 px
+    mask = q < 1
+    low_contrast = rng.uniform() < 0.25
+    contrast = rng.uniform(0.18, 0.35) if low_contrast else rng.uniform(0.45, 0.95)
+    dark = _rgb(92, 58, 44) * np.float32(rng.uniform(0.6, 1.5))
+    # lesion = skin blended towards a mottled pigment, darker in the core, with a blurred border
+    pigment = (1 + 0.18 * _noise(rng, h, w, max(r / 3, 2), 2)) * (0.7 + 0.4 * np.clip(q, 0, 1))
+    a = _soft(q, r, rng.uniform(1.0, 8.0) * s) * np.float32(contrast)
+    img = img * (1 - a)[..., None] + dark * (a * pigment)[..., None]
+    if rng.uniform() < 0.3:  # blue-grey veil in part of the lesion
+        veil = np.clip(_noise(rng, h, w, max(r, 4)), 0, 1) * (0.35 / contrast) * a
+        img = img * (1 - veil)[..., None] + _rgb(120, 125, 150) * veil[..., None]
+
+    for _ in range(int(rng.poisson(3))):  # freckles: small dark spots outside the lesion
+        fr = rng.uniform(1.5, 5) * s
+        fy, fx = rng.uniform(0, h), rng.uniform(0, w)
+        win = (
+            slice(max(0, int(fy - 3 * fr)), int(fy + 3 * fr) + 1),
+            slice(max(0, int(fx - 3 * fr)), int(fx + 3 * fr) + 1),
+        )
+        fq = np.hypot(yy[win] - fy, xx[win] - fx) / fr
+        fa = (_soft(fq, fr, 1.5 * s) * rng.uniform(0.2, 0.5))[..., None]
+        img[win] = img[win] * (1 - fa) + fa * dark
+
+    if rng.uniform() < 0.6:  # hair strands over everything
+        hair = Image.new("L", (w, h), 0)
+        draw = ImageDraw.Draw(hair)
+        for _ in range(int(rng.integers(1, 25))):
+            p0 = rng.uniform(-0.1, 1.1, 2) * size
+            d = rng.normal(0, 1, 2)
+            d = d / (np.linalg.norm(d) + 1e-6) * rng.uniform(0.3, 1.0) * size
+            bend = rng.normal(0, 0.15 * size, 2)
+            pts = [tuple(p0 + k * d + 4 * k * (1 - k) * bend) for k in np.linspace(0, 1, 12)]
+            draw.line(pts, fill=int(rng.uniform(150, 255)), width=max(1, round(rng.uniform(0.8, 2.5) * s)))
+        ha = np.asarray(hair, np.float32)[..., None] / 255 * 0.85
+        img = img * (1 - ha) + ha * _rgb(40, 28, 22) * np.float32(rng.uniform(0.5, 1.3))
+
+    rr = np.hypot(yy - h / 2, xx - w / 2) / (size / 2)
+    img *= (1 - rng.uniform(0, 0.35) * rr**2)[..., None]  # vignetting
+    if rng.uniform() < 0.3:  # dermatoscope's black circular border
+        ring = rr > rng.uniform(1.0, 1.35)
+        img[ring] = rng.uniform(0, 12)
+        mask &= ~ring
+    return _finish(rng, img, 2.5), mask
+
+
+def polyp(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """One endoscopy-like image (H, W, 3) uint8 and (H, W) bool polyp mask; H, W depend on the scope."""
+    scope = ENDOSCOPES[rng.choice(len(ENDOSCOPES), p=[e.prob for e in ENDOSCOPES])]
+    w, h = _even(scope.aspect[0] * size, scope.aspect[1] * size)
+    s = size / 256
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = _rgb(205, 105, 95) * rng.uniform(0.85, 1.1, 3).astype(np.float32) * _rgb(*scope.tone)
+    ly, lx = h * rng.uniform(0.3, 0.7), w * rng.uniform(0.3, 0.7)
+    light = 1.15 - rng.uniform(0.4, 0.8) * (np.hypot(yy - ly, xx - lx) / math.hypot(h, w)) ** 1.2
+    light *= 1 + 0.1 * _noise(rng, h, w, 80 * s, 2)
+    folds = _noise(rng, h, w, 60 * s, 2)  # mucosal folds: broad darker bands with a lit shoulder
+    light *= 1 - np.exp(-(((folds - 0.3) / 0.4) ** 2)) * rng.uniform(0.1, 0.35)
+    light += 0.08 * np.exp(-(((folds + 0.2) / 0.3) ** 2))
+    vessels = np.exp(-((_noise(rng, h, w, 14 * s, 2) / 0.07) ** 2)) * rng.uniform(0.1, 0.4)
+    light *= 1 + 0.03 * _noise(rng, h, w, 3 * s)
+    img = (base - vessels[..., None] * (base * _rgb(0.35, 0.75, 0.6))) * light[..., None]
+
+    r = _lesion_radius(rng, h, w, 0.005, 0.35)
+    cy, cx = h * rng.uniform(0.2, 0.8), w * rng.uniform(0.2, 0.8)
+    q0 = _blob(rng, h, w, cy, cx, r, rng.uniform(0.1, 0.7), int(rng.integers(1, 3)))
+    q = q0 + rng.uniform(0.5, 2.5) * s / r * _noise(rng, h, w, 8 * s)
+    mask = q < 1
+    gy, gx = np.gradient(np.sqrt(np.clip(1 - q0, 0, 1)))  # a dome lit from one side
+    la = rng.uniform(0, 2 * math.pi)
+    shading = 1 + np.clip((gx * math.cos(la) + gy * math.sin(la)) * r * 0.5, -0.35, 0.35)
+    contrast = rng.uniform(0.03, 0.12) if rng.uniform() < 0.3 else rng.uniform(0.12, 0.35)
+    tint = _rgb(1.0 + contrast * 0.3, 1.0 - contrast, 1.0 - contrast) * np.float32(rng.uniform(0.95, 1.15))
+    pit = 1 + 0.05 * _noise(rng, h, w, 4 * s)
+    alpha = _soft(q, r, rng.uniform(0.8, 4.0) * s)
+    rim = np.exp(-(((q - 1.1) / 0.08) ** 2)) * np.float32(rng.uniform(0.0, 0.3))  # shadow at the base
+    # img * (1 - rim) * (1 - alpha) + lesion * alpha, with lesion = img * tint * shading * pit
+    img *= ((1 - rim) * (1 - alpha))[..., None] + tint * (shading * pit * alpha)[..., None]
+
+    spec = Image.new("L", (w, h), 0)  # specular highlights, more of them on the convex polyp
+    draw = ImageDraw.Draw(spec)
+    py, px = np.nonzero(mask)
+    for _ in range(int(rng.integers(3, 30))):
+        if len(py) and rng.uniform() < 0.5:
+            j = rng.integers(len(py))
+            y, x = float(py[j]), float(px[j])
+        else:
+            y, x = rng.uniform(0, h), rng.uniform(0, w)
+        ry, rx = rng.uniform(0.6, 4.0, 2) * s
+        draw.ellipse((x - rx, y - ry, x + rx, y + ry), fill=int(rng.uniform(160, 255)))
+    spec = np.asarray(spec.filter(ImageFilter.GaussianBlur(0.8 * s)), np.float32) / 255
+    img += (255 - img) * spec[..., None]
+
+    p = rng.uniform(3, 8)  # black endoscope border: a superellipse cuts the corners
+    xn = (xx - w / 2) / (w / 2 * rng.uniform(1.0, 1.12))
+    yn = (yy - h / 2) / (h / 2 * rng.uniform(1.0, 1.08))
+    outside = np.abs(xn) ** p + np.abs(yn) ** p > 1
+    img[outside] = rng.uniform(0, 10)
+    if rng.uniform() < scope.inset_box:  # scope-position inset box in the lower-left (as in Kvasir-SEG)
+        bw, bh = int(w * rng.uniform(0.18, 0.26)), int(h * rng.uniform(0.18, 0.26))
+        box = (yy > h - bh) & (xx < bw)
+        img[box] = _rgb(18, 22, 18)
+        inner = box & (yy > h - bh * 0.8) & (yy < h - bh * 0.2) & (xx > bw * 0.2) & (xx < bw * 0.8)
+        img[inner] = _rgb(40, 160, 60) * np.float32(rng.uniform(0.5, 1.0))
+        outside |= box
+    mask &= ~outside
+    return _finish(rng, img, 2.0), mask
+
+
+GENERATORS = {"skin": skin, "polyp": polyp}
+
+
+def generate(domain: str, seed: int, index: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Image `index` of the `domain` dataset with `seed`: (H, W, 3) uint8 and (H, W) bool mask."""
+    if domain not in GENERATORS:
+        raise SamfedError(f"Unknown synthetic domain {domain!r}; choose one of {', '.join(DOMAINS)}.")
+    if size < 32:
+        raise SamfedError(f"Synthetic image size must be at least 32 px, got {size}.")
+    return GENERATORS[domain](np.random.default_rng([seed, index]), size)
+
+
+def sample_id(domain: str, index: int) -> str:
+    """ISIC-style ids for skin (``ISIC_0000007``), Kvasir-style opaque ids for polyps."""
+    return f"ISIC_{index:07d}" if domain == "skin" else f"synpolyp{index:05d}"
+
+
+def _layout_paths(domain: str, out: Path, sid: str) -> tuple[Path, Path]:
+    if domain == "skin":
+        return (
+            out / "ISIC2018_Task1-2_Training_Input" / f"{sid}.jpg",
+            out / "ISIC2018_Task1_Training_GroundTruth" / f"{sid}_segmentation.png",
+        )
+    return out / "images" / f"{sid}.jpg", out / "masks" / f"{sid}.jpg"
+
+
+LAYOUT_DIRS = ("images", "masks", "ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth")
+LAYOUT_FILES = ("train.txt", "val.txt", "test.txt", "synth.json")
+
+
+def write_synthetic(
+    domain: str,
+    n: int,
+    out: str | Path,
+    seed: int = 0,
+    size: int = 256,
+    val_fraction: float = 0.2,
+    overwrite: bool = False,
+    progress=None,
+) -> Path:
+    """Write `n` images to `out` in the ISIC (skin) or Kvasir (polyp) layout, with train/val.txt.
+
+    Masks are PNG for skin (like ISIC) and JPEG for polyps (like Kvasir-SEG, read back with the
+    threshold 128). `overwrite` first removes only the layout folders and files this writes.
+    `progress(i)` is called after each image. Returns `out`.
+    """
+    out = Path(out)
+    if n < 1:
+        raise SamfedError(f"The number of synthetic images must be at least 1, got {n}.")
+    if domain not in GENERATORS:
+        raise SamfedError(f"Unknown synthetic domain {domain!r}; choose one of {', '.join(DOMAINS)}.")
+    if out.exists() and not out.is_dir():
+        raise SamfedError(f"Output {out} exists and is not a folder.")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise SamfedError(f"Output folder {out} is not empty; choose a new folder or overwrite it.")
+        for d in LAYOUT_DIRS:
+            shutil.rmtree(out / d, ignore_errors=True)
+        for f in LAYOUT_FILES:
+            (out / f).unlink(missing_ok=True)
+    ids = [sample_id(domain, i) for i in range(n)]
+    for i, sid in enumerate(ids):
+        image, mask = generate(domain, seed, i, size)
+        img_path, mask_path = _layout_paths(domain, out, sid)
+        img_path.parent.mkdir(parents=True, exist_ok=True)
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(img_path, quality=92)
+        mask_img = Image.fromarray(mask.astype(np.uint8) * 255)
+        mask_img.save(mask_path, **({"quality": 95} if mask_path.suffix == ".jpg" else {}))
+        if progress is not None:
+            progress(i)
+    n_val = min(n - 1, max(1, round(n * val_fraction))) if n > 1 else 0
+    order = np.random.default_rng([seed, 1 << 20]).permutation(n)
+    val = sorted(ids[i] for i in order[:n_val])
+    train = sorted(ids[i] for i in order[n_val:])
+    (out / "train.txt").write_text("".join(f"{i}\n" for i in train))
+    (out / "val.txt").write_text("".join(f"{i}\n" for i in val))
+    meta = {"domain": domain, "n": n, "seed": seed, "size": size, "generator_version": GENERATOR_VERSION}
+    (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out

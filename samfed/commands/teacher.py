@@ -1,13 +1,219 @@
 """`samfed teacher ...`: fine-tune, inspect and export the SAM teacher."""
 
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+
 import typer
 
-from samfed.commands import not_built
+from samfed.errors import SamfedError
 
 app = typer.Typer(help="Fine-tune, inspect and export the SAM teacher.", no_args_is_help=True)
 
 
+class Mode(StrEnum):
+    lora = "lora"
+    decoder = "decoder"
+
+
+class Prompt(StrEnum):
+    none = "none"
+    full_box = "full-box"
+    global_box = "global-box"
+
+
+def _blocks(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise SamfedError(
+            f"--lora-blocks must be comma-separated block indices like 0,1,2, got {text!r}."
+        ) from None
+
+
+def _threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @app.command()
-def finetune() -> None:
+def finetune(
+    data: Path = typer.Option(..., "--data", help="Labeled dataset folder (Kvasir, ISIC or generic layout)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the fine-tuned teacher into."),
+    split: Path | None = typer.Option(
+        None, "--split", help="split.json from `samfed data split`: its server_labeled ids are used."
+    ),
+    labeled_fraction: float = typer.Option(
+        0.1,
+        help="Without --split: fraction of the training pool that is server-labeled (samfed's make_split).",
+    ),
+    mode: Mode = typer.Option(
+        Mode.lora, help="lora: LoRA on q,v + mask decoder; decoder: mask decoder only."
+    ),
+    prompt: Prompt | None = typer.Option(None, help="Prompt mode to train for (default: the teacher's)."),
+    backbone: str = typer.Option("litemedsam", help="litemedsam | sam-vit-b|l|h | a saved teacher folder."),
+    checkpoint: Path | None = typer.Option(None, help="Base weights file (required for sam-vit-*)."),
+    epochs: int = typer.Option(20, min=1, help="Epochs of the main stage (LoRA stage for --mode lora)."),
+    decoder_epochs: int = typer.Option(
+        10, min=0, help="--mode lora: epochs of a cheap decoder-only warm-up on cached embeddings first."
+    ),
+    lr: float = typer.Option(1e-4, help="Learning rate of the mask decoder."),
+    lora_lr: float = typer.Option(1e-3, help="Learning rate of the LoRA factors."),
+    lora_rank: int = typer.Option(4, min=1, help="LoRA rank."),
+    lora_blocks: str | None = typer.Option(
+        None, help="Comma-separated attention block indices (default: all)."
+    ),
+    patience: int = typer.Option(5, min=1, help="Early stopping: epochs without validation Dice gain."),
+    batch_size: int = typer.Option(4, min=1, help="Images per step."),
+    holdout: float = typer.Option(
+        0.2, min=0.0, max=0.9, help="Fraction of the labeled set held out for early stopping."
+    ),
+    seed: int = typer.Option(0, help="Seed of the labeled subset, holdout, shuffling and LoRA init."),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+) -> None:
     """Fine-tune the SAM teacher (LoRA + mask decoder) on the server's labeled set."""
-    not_built("teacher finetune", "issue 3")
+    from rich.console import Console
+
+    from samfed.data.partition import Split, make_split
+    from samfed.data.readers import load_dataset
+    from samfed.teacher import LoraConfig, finetune_teacher, load_teacher, save_teacher
+    from samfed.teacher.data import holdout as split_holdout
+    from samfed.teacher.data import load_pairs
+
+    console = Console()
+    _threads(threads)
+    dataset = load_dataset(data)
+    if split is not None:
+        s = Split.load(split)
+        s.validate(dataset)
+    else:
+        s = make_split(dataset, clients=1, labeled_fraction=labeled_fraction, seed=seed)
+    train_ids, val_ids = split_holdout(s.server_labeled, holdout, seed)
+    if not train_ids:
+        raise SamfedError("The server-labeled set is empty; raise --labeled-fraction or check the split.")
+    teacher = load_teacher(backbone, checkpoint)
+    console.print(
+        f"teacher [bold]{teacher.name}[/]: {len(train_ids)} training + {len(val_ids)} early-stopping images "
+        f"(of {len(s.server_labeled)} server-labeled)"
+    )
+    images, masks = load_pairs(dataset, train_ids, teacher.input)
+    val_images, val_masks = load_pairs(dataset, val_ids, teacher.input)
+    try:
+        lora = LoraConfig(rank=lora_rank, blocks=_blocks(lora_blocks))
+        result = finetune_teacher(
+            teacher, images, masks, val_images, val_masks, mode=mode.value,
+            prompt=None if prompt is None else prompt.value, epochs=epochs, lr=lr, lora_lr=lora_lr,
+            patience=patience, seed=seed, batch_size=batch_size, lora=lora,
+            decoder_warmup_epochs=decoder_epochs if mode == Mode.lora else 0, log=console.print,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise SamfedError(f"Cannot fine-tune the teacher: {exc}.") from None
+    teacher.config.finetune.update(
+        {"data": str(data), "train_ids": train_ids, "val_ids": val_ids, "seed": seed}
+    )
+    digest = save_teacher(teacher, out)
+    (Path(out) / "finetune.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    console.print(
+        f"[green]saved[/] {out}: best val Dice {result.best_val_dice:.4f} at epoch {result.best_epoch}, "
+        f"prompt {result.prompt}, hash {digest[:12]}"
+    )
+
+
+@app.command()
+def export(
+    teacher_name: str = typer.Argument(
+        "litemedsam", metavar="DIR_OR_NAME", help="A fine-tuned teacher folder or a backbone name."
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder for the ONNX graphs and teacher_onnx.json."),
+    checkpoint: Path | None = typer.Option(None, help="Base weights file (sam-vit-*)."),
+    prompt: Prompt | None = typer.Option(
+        None, help="Prompt mode recorded for the runtime (default: teacher's)."
+    ),
+    data: Path | None = typer.Option(
+        None, help="Dataset folder whose first images check parity (default: synthetic polyp images)."
+    ),
+    parity_images: int = typer.Option(4, min=1, help="Images for the torch vs runtime parity check."),
+    openvino: bool = typer.Option(True, help="Also check parity and speed with OpenVINO."),
+    threads: int | None = typer.Option(None, help="torch CPU threads."),
+) -> None:
+    """Export the (LoRA-merged) teacher to ONNX and report parity with torch (Dice of masks)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from samfed.teacher import export_teacher, load_teacher
+
+    console = Console()
+    _threads(threads)
+    teacher = load_teacher(teacher_name, checkpoint, None if prompt is None else prompt.value)
+    images = _parity_images(data, parity_images)
+    manifest = export_teacher(teacher, out, parity_images=images, openvino=openvino)
+    parity = manifest["parity"]
+    table = Table(title=f"Teacher export parity ({parity['images']} images, prompt {teacher.prompt})")
+    for col in ("runtime", "mask Dice mean", "mask Dice min", "max |dp|", "s / image"):
+        table.add_column(col, justify="right")
+    table.add_row("torch", "-", "-", "-", f"{parity['torch_s_per_image']:.2f}")
+    for rt in ("onnxruntime", "openvino"):
+        if rt in parity:
+            r = parity[rt]
+            table.add_row(
+                rt, f"{r['dice_mean']:.4f}", f"{r['dice_min']:.4f}", f"{r['max_abs_prob_diff']:.1e}",
+                f"{r['s_per_image']:.2f}",
+            )  # fmt: skip
+    console.print(table)
+    bad = [rt for rt in ("onnxruntime", "openvino") if rt in parity and parity[rt]["dice_min"] < 0.99]
+    if bad:
+        console.print(f"[bold yellow]warning:[/] {', '.join(bad)} masks differ from torch (Dice < 0.99).")
+    console.print(f"[green]exported[/] {out}")
+
+
+def _parity_images(data: Path | None, n: int) -> list:
+    if data is None:
+        from samfed.data.synth import generate
+
+        return [generate("polyp", seed=0, index=i, size=256)[0] for i in range(n)]
+    from samfed.data.io import read_image
+    from samfed.data.readers import load_dataset
+
+    samples = load_dataset(data).samples[:n]
+    return [read_image(s.image) for s in samples]
+
+
+@app.command()
+def info(
+    teacher_name: str = typer.Argument(
+        "litemedsam", metavar="DIR_OR_NAME", help="A fine-tuned teacher folder or a backbone name."
+    ),
+    checkpoint: Path | None = typer.Option(None, help="Base weights file (sam-vit-*)."),
+    mode: Mode = typer.Option(Mode.lora, help="Count trainable parameters as this fine-tuning mode would."),
+    lora_rank: int = typer.Option(4, min=1, help="LoRA rank (when the teacher has no LoRA yet)."),
+) -> None:
+    """Show the teacher's trainable vs frozen parameter counts, prompt mode and hash."""
+    from rich.console import Console
+
+    from samfed.teacher import LoraConfig, add_lora, load_teacher, parameter_counts, print_parameter_counts
+    from samfed.teacher.finetune import set_trainable
+    from samfed.teacher.lora import has_lora
+
+    teacher = load_teacher(teacher_name, checkpoint)
+    console = Console()
+    console.print(
+        f"teacher {teacher.name}: input {teacher.input.size} px {teacher.input.convention}, "
+        f"prompt {teacher.prompt}, hash {teacher.hash[:12]}"
+    )
+    ft = teacher.config.finetune
+    if ft:
+        console.print(
+            f"fine-tuned ({ft.get('mode')}): best val Dice {ft.get('best_val_dice', float('nan')):.4f}"
+        )
+    if mode == Mode.lora and not has_lora(teacher.sam):
+        add_lora(teacher.sam.image_encoder, LoraConfig(rank=lora_rank))
+    set_trainable(teacher, mode.value)
+    print_parameter_counts(
+        parameter_counts(teacher.sam), title=f"{teacher.name} parameters ({mode.value} mode)"
+    )

@@ -1,8 +1,150 @@
-"""`samfed train`."""
+"""`samfed train`: SAM-Fed (or a baseline) in-process, into a run directory."""
 
-from samfed.commands import not_built
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from samfed.errors import SamfedError
+
+_D = "(default: {})"
 
 
-def train() -> None:
+def _default(name: str) -> str:
+    from samfed.config import RunConfig
+
+    return _D.format(getattr(RunConfig(), name))
+
+
+def train(
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Dataset folder (Kvasir-SEG, ISIC 2018 or images/ + masks/); omitted: built-in synthetic set.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Run directory (default: runs/<method>-<date>-<time>)."
+    ),
+    method: str | None = typer.Option(
+        None,
+        help="samfed | samfed-no-agreement | samfed-no-kd | samfed-no-sam | sam-only | fixmatch | "
+        "supervised | centralised " + _default("method"),
+    ),
+    students: str | None = typer.Option(
+        None,
+        help="Student name(s), comma-separated; several = heterogeneous, round-robin over clients "
+        + _default("students"),
+    ),
+    global_student: str | None = typer.Option(
+        None, help="Global model architecture (default: the first student)."
+    ),
+    teacher: str | None = typer.Option(
+        None,
+        help="Teacher backbone (litemedsam | sam-vit-b|l|h) or a fine-tuned teacher folder "
+        + _default("teacher"),
+    ),
+    teacher_checkpoint: Path | None = typer.Option(None, help="Base weights file for sam-vit-* teachers."),
+    teacher_mode: str | None = typer.Option(
+        None, help="Teacher fine-tuning on D_p: decoder | lora | none " + _default("teacher_mode")
+    ),
+    teacher_prompt: str | None = typer.Option(
+        None, help="none | full-box | global-box (default: the teacher's)."
+    ),
+    teacher_epochs: int | None = typer.Option(
+        None, min=1, help="Teacher fine-tuning epochs " + _default("teacher_epochs")
+    ),
+    teacher_cache: Path | None = typer.Option(
+        None, help="Shared folder for teacher maps and encoder embeddings (default: the run's cache/)."
+    ),
+    clients: int | None = typer.Option(None, min=1, help="Number of clients " + _default("clients")),
+    labeled_fraction: float | None = typer.Option(
+        None, help="Fraction of the pool labeled at the server " + _default("labeled_fraction")
+    ),
+    partition: str | None = typer.Option(None, help="iid | dirichlet | size " + _default("partition")),
+    rounds: int | None = typer.Option(None, min=0, help="Federated rounds " + _default("rounds")),
+    local_epochs: int | None = typer.Option(
+        None, min=1, help="Client epochs per round " + _default("local_epochs")
+    ),
+    server_epochs: int | None = typer.Option(
+        None, min=0, help="Epochs of the global model's initial training on D_p " + _default("server_epochs")
+    ),
+    image_size: int | None = typer.Option(None, help="Working size in pixels " + _default("image_size")),
+    batch_size: int | None = typer.Option(None, min=1, help="Images per batch " + _default("batch_size")),
+    agreement: str | None = typer.Option(
+        None, help="weighted | ignore | vote | anneal | naive | teacher " + _default("agreement")
+    ),
+    aggregation: str | None = typer.Option(None, help="auto | fedavg | distill " + _default("aggregation")),
+    seed: int | None = typer.Option(
+        None, help="Seed of the split, initialisation and sampling " + _default("seed")
+    ),
+    threads: int | None = typer.Option(
+        None, min=1, help="torch CPU threads (default: torch's choice, 1 when the machine is already busy)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML file of RunConfig settings; flags override it."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out after its last finished round."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+) -> None:
     """Train SAM-Fed (or a baseline) in-process and write a run directory."""
-    not_built("train", "issue 6")
+    import time
+
+    from rich.console import Console
+
+    from samfed.config import RunConfig
+    from samfed.train.run_dir import RunDir
+
+    flags = dict(
+        data=None if data is None else str(data),
+        method=method,
+        global_student=global_student,
+        teacher=teacher,
+        teacher_checkpoint=None if teacher_checkpoint is None else str(teacher_checkpoint),
+        teacher_mode=teacher_mode,
+        teacher_prompt=teacher_prompt,
+        teacher_epochs=teacher_epochs,
+        teacher_cache=None if teacher_cache is None else str(teacher_cache),
+        clients=clients,
+        labeled_fraction=labeled_fraction,
+        partition=partition,
+        rounds=rounds,
+        local_epochs=local_epochs,
+        server_epochs=server_epochs,
+        image_size=image_size,
+        batch_size=batch_size,
+        agreement=agreement,
+        aggregation=aggregation,
+        seed=seed,
+        threads=threads,
+        students=None if students is None else [s.strip() for s in students.split(",") if s.strip()],
+    )
+    if resume:
+        if out is None:
+            raise SamfedError("--resume needs --out RUN_DIR, the run to continue.")
+        saved = RunDir(out).config
+        if not saved.is_file():
+            raise SamfedError(f"Nothing to resume in {out}: it has no config.toml.")
+        changed = sorted(k for k, v in flags.items() if v is not None and k not in ("rounds", "threads"))
+        if changed:
+            raise SamfedError(
+                f"--resume continues the saved configuration; only --rounds and --threads may change "
+                f"(got --{changed[0].replace('_', '-')})."
+            )
+        cfg = RunConfig.load(saved).override(rounds=rounds, threads=threads)
+    else:
+        cfg = RunConfig.load(config) if config is not None else RunConfig()
+        cfg = cfg.override(**flags)
+        if out is None:
+            out = (
+                Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+            )
+    if cfg.data is not None and not Path(cfg.data).is_dir():
+        raise SamfedError(f"Dataset folder {cfg.data} does not exist.")
+    from samfed.train.runner import train as run_training
+
+    console = Console(quiet=quiet)
+    result = run_training(cfg, out, resume=resume, console=console, progress=not quiet)
+    print(f"report: {result.report}")

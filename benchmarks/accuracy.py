@@ -1,0 +1,280 @@
+"""Accuracy benchmark: every method and ablation under one protocol and one seed list.
+
+    python benchmarks/accuracy.py --data ../shared/data/kvasir-seg --partition size --clients 4 \
+        --labeled-fraction 0.1 --image-size 256 --schedule full --seeds 0,1,2
+
+Per seed the split (make_split with the seed) and the teacher (LiteMedSAM fine-tuned on D_p once,
+saved under OUT/teachers/seed<k>/teacher) are shared by every row; teacher maps and encoder
+embeddings are cached in --cache and shared by all rows and seeds. Every row is one
+`samfed.train.runner.train` run in OUT/runs/seed<k>/<row>/; finished rows are skipped and
+interrupted ones resumed, so the benchmark can be stopped and restarted. Writes OUT/accuracy.md,
+OUT/accuracy.json and OUT/accuracy.png (validation Dice, mean and std over seeds).
+
+Rows are method names (see samfed.method.methods), optionally with an agreement variant:
+``samfed:naive`` runs SAM-Fed with ``--agreement naive``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_ROWS = ",".join(
+    ["supervised", "fixmatch", "sam-only", "samfed", "samfed-no-kd", "samfed-no-agreement", "samfed-no-sam"]
+    + ["samfed:naive", "centralised"]
+)
+
+# The reduced schedule fits a shared 2-core CPU (hours for all rows of one seed at 128 px); the
+# full one is for a GPU or a long CPU run.
+SCHEDULES = {
+    "reduced": dict(
+        rounds=4,
+        local_epochs=1,
+        server_epochs=15,
+        warmup_epochs=20,
+        distill_epochs=3,
+        teacher_epochs=15,
+        batch_size=8,
+        rampup_rounds=1.0,
+        agreement_rampup=2.0,
+    ),
+    "full": dict(
+        rounds=20,
+        local_epochs=2,
+        server_epochs=60,
+        warmup_epochs=60,
+        distill_epochs=5,
+        teacher_epochs=40,
+        batch_size=8,
+        rampup_rounds=4.0,
+        agreement_rampup=8.0,
+    ),
+}
+
+
+def parse_row(row: str) -> tuple[str, dict]:
+    """'samfed:naive' -> ('samfed', {'agreement': 'naive'})."""
+    method, _, variant = row.partition(":")
+    return method, ({"agreement": variant} if variant else {})
+
+
+def row_config(args, row: str, seed: int):
+    from samfed.config import RunConfig
+
+    method, extra = parse_row(row)
+    students = [s for s in args.students.split(",") if s]
+    kw = dict(SCHEDULES[args.schedule])
+    kw.update(
+        data=str(args.data),
+        method=method,
+        students=students,
+        clients=args.clients,
+        labeled_fraction=args.labeled_fraction,
+        partition=args.partition,
+        seed=seed,
+        teacher_cache=str(args.cache),
+        threads=args.threads,
+        teacher_mode=args.teacher_mode,
+    )
+    if args.image_size:
+        kw["image_size"] = args.image_size
+    if args.rounds is not None:
+        kw["rounds"] = args.rounds
+    kw.update(extra)
+    return RunConfig(**kw)
+
+
+def ensure_teacher(args, seed: int, say) -> str:
+    """Fine-tune the teacher on this seed's D_p once; returns the saved teacher folder."""
+    from samfed.data.partition import make_split
+    from samfed.data.readers import load_dataset
+    from samfed.train.run_dir import RunDir
+    from samfed.train.runner import prepare_teacher
+
+    run = RunDir(args.out / "teachers" / f"seed{seed}")
+    if (run.teacher / "teacher.json").is_file():
+        return str(run.teacher)
+    cfg = row_config(args, "samfed", seed)
+    dataset = load_dataset(cfg.data)
+    split = make_split(
+        dataset,
+        clients=cfg.clients,
+        labeled_fraction=cfg.labeled_fraction,
+        scheme=cfg.partition,
+        alpha=cfg.dirichlet_alpha,
+        seed=seed,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+    )
+    run.root.mkdir(parents=True, exist_ok=True)
+    split.save(run.split)
+    _, info = prepare_teacher(cfg, run, dataset, split, say)
+    run.write_json(run.root / "teacher_info.json", info)
+    return str(run.teacher)
+
+
+def run_row(args, row: str, seed: int, teacher_dir: str | None, say) -> dict:
+    from samfed.method.methods import method_spec
+    from samfed.train.run_dir import RunDir
+    from samfed.train.runner import train
+
+    out = RunDir(args.out / "runs" / f"seed{seed}" / row.replace(":", "-"))
+    if out.summary.is_file() and (out.root / "report.html").is_file():
+        return json.loads(out.summary.read_text())
+    cfg = row_config(args, row, seed)
+    if teacher_dir and method_spec(cfg.method).needs_teacher:
+        cfg.teacher = teacher_dir
+    resume = out.checkpoint.is_file()
+    if out.root.exists() and not resume:
+        import shutil
+
+        shutil.rmtree(out.root)  # started but never finished a round: start again
+    say(f"--- seed {seed} row {row} -> {out.root}{' (resuming)' if resume else ''}")
+    return train(cfg, out.root, resume=resume, progress=args.verbose).summary
+
+
+def _ms(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate_rows(results: dict[str, list[dict]]) -> list[dict]:
+    rows = []
+    for row, sums in results.items():
+        d = _ms([s["val_dice"] for s in sums])
+        h = _ms([s["val_hd95"] for s in sums])
+        t = _ms([s["seconds"] for s in sums])
+        clients = [[m["dice_mean"] for m in s["models"] if m["model"].startswith("client")] for s in sums]
+        client_means = (
+            [statistics.fmean(c[k] for c in clients) for k in range(len(clients[0]))] if clients[0] else []
+        )
+        teacher = _ms([(s.get("teacher") or {}).get("val_dice") for s in sums])[0]
+        rows.append(
+            {
+                "label": row,
+                "seeds": [s["config"]["seed"] for s in sums],
+                "dice_mean": d[0],
+                "dice_std": d[1],
+                "hd95_mean": h[0],
+                "hd95_std": h[1],
+                "seconds_mean": t[0],
+                "client_dice": client_means,
+                "teacher_val_dice": teacher,
+                "per_seed_dice": [s["val_dice"] for s in sums],
+            }
+        )
+    return rows
+
+
+def write_outputs(args, rows: list[dict], hardware: str, command: str) -> None:
+    from samfed.train.plots import plot_bars
+
+    def f(v, nd=4):
+        return "-" if v is None else f"{v:.{nd}f}"
+
+    lines = [
+        f"# Accuracy benchmark ({args.schedule} schedule)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Protocol: {args.data}, partition {args.partition}, {args.clients} clients, labeled fraction "
+        f"{args.labeled_fraction}, image size {rows and args.image_size or 'schedule default'}, students "
+        f"{args.students}, schedule {args.schedule} {SCHEDULES[args.schedule]}"
+        + (f", rounds {args.rounds}" if args.rounds is not None else "")
+        + ".",
+        "Scores: global model, validation split, at the working resolution; mean ± std over seeds.",
+        f"Hardware: {hardware}.",
+        "",
+        "| row | Dice | HD95 (px) | client Dice | teacher Dice | seeds | wall time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cd = ", ".join(f"{c:.3f}" for c in r["client_dice"]) or "-"
+        lines.append(
+            f"| {r['label']} | {f(r['dice_mean'])} ± {f(r['dice_std'])} | {f(r['hd95_mean'], 1)} ± "
+            f"{f(r['hd95_std'], 1)} | {cd} | {f(r['teacher_val_dice'])} | {len(r['seeds'])} | "
+            f"{f(r['seconds_mean'], 0)} |"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "accuracy.md").write_text("\n".join(lines) + "\n")
+    (args.out / "accuracy.json").write_text(
+        json.dumps(
+            {
+                "command": command,
+                "schedule": args.schedule,
+                "settings": SCHEDULES[args.schedule],
+                "hardware": hardware,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    if rows:
+        plot_bars(rows, args.out / "accuracy.png", title=f"Validation Dice ({args.schedule} schedule)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--partition", default="size")
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--labeled-fraction", type=float, default=0.1)
+    p.add_argument("--image-size", type=int, default=None, help="default: the RunConfig default (128)")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="reduced")
+    p.add_argument("--rounds", type=int, default=None, help="override the schedule's rounds")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument(
+        "--rows", default=DEFAULT_ROWS, help="comma-separated methods, optionally method:agreement"
+    )
+    p.add_argument("--students", default="unet-s", help="one name, or several for the heterogeneous setting")
+    p.add_argument("--teacher-mode", default="decoder", choices=["decoder", "lora", "none"])
+    p.add_argument("--out", type=Path, default=ROOT / "bench_out" / "accuracy")
+    p.add_argument(
+        "--cache", type=Path, default=ROOT / "runs" / "bench-cache", help="teacher maps + embeddings"
+    )
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--verbose", action="store_true", help="progress output of every run")
+    args = p.parse_args(argv)
+    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    import torch
+
+    from samfed.method.methods import method_spec
+    from samfed.train.report import hardware
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = [r for r in args.rows.split(",") if r]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+
+    def say(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    results: dict[str, list[dict]] = {r: [] for r in rows}
+    for seed in seeds:
+        teacher_dir = None
+        for row in rows:
+            if teacher_dir is None and method_spec(parse_row(row)[0]).needs_teacher:
+                teacher_dir = ensure_teacher(args, seed, say)  # once per seed, when first needed
+            summary = run_row(args, row, seed, teacher_dir, say)
+            results[row].append(summary)
+            say(
+                f"seed {seed} {row}: val Dice {summary['val_dice']:.4f}, HD95 {summary['val_hd95']:.1f}, "
+                f"{summary['seconds']:.0f} s"
+            )
+            write_outputs(args, aggregate_rows({k: v for k, v in results.items() if v}), hardware(), command)
+    say(f"table: {args.out / 'accuracy.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""ONNX -> OpenVINO IR FP32 (`ov.convert_model`) and IR INT8 (NNCF post-training quantisation).
+
+Each backend is quantised with its own tool: NNCF's output is for OpenVINO only (STACK-NOTES).
+IRs are saved without FP16 weight compression so the FP32 IR really is FP32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def convert_ir_fp32(onnx_path: str | Path, xml_path: str | Path) -> Path:
+    """Convert FP32 ONNX to IR (`xml_path` + its .bin), keeping the dynamic batch axis."""
+    import openvino as ov
+
+    xml_path = Path(xml_path)
+    model = ov.convert_model(str(onnx_path))
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    return xml_path
+
+
+def quantize_ir_int8(
+    fp32_xml: str | Path, xml_path: str | Path, calib: np.ndarray, subset_size: int = 300
+) -> Path:
+    """NNCF INT8 IR from the FP32 IR, calibrated on `calib` (N, 3, S, S) float32 one image at a time."""
+    import nncf
+    import openvino as ov
+
+    xml_path = Path(xml_path)
+    model = ov.Core().read_model(str(fp32_xml))
+    dataset = nncf.Dataset([np.ascontiguousarray(x[None], dtype=np.float32) for x in calib])
+    q = nncf.quantize(
+        model,
+        dataset,
+        preset=nncf.QuantizationPreset.PERFORMANCE,
+        subset_size=max(1, min(subset_size, len(calib))),
+    )
+    ov.save_model(q, str(xml_path), compress_to_fp16=False)
+    return xml_path

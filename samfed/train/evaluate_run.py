@@ -1,0 +1,168 @@
+"""`samfed evaluate`: score a run's global and client students on a dataset at original resolution.
+
+Each student predicts at its working size; the probability map is resized back to the image's
+original size (`samfed.preprocess.prob_to_original`), thresholded, and scored against the
+original mask with `samfed.metrics` (Dice, IoU, HD95 in original pixels; HD95 of an empty
+prediction = the image diagonal). Writes per_image.csv, summary.json, summary.md and, for the
+global model, side-by-side overlays (ground truth | prediction) of the worst cases by Dice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from samfed.errors import SamfedError
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    summary: dict
+    rows: list[dict]
+
+
+def resolve_ids(run_root: Path, dataset, ids_file: Path | None) -> tuple[list[str], str]:
+    """Ids to score and where they came from.
+
+    ids_file: a text file (one id per line) or a split JSON (its test ids, else val). Default: the
+    run's split.json test ids, else its val ids, when they are in `dataset`; else every sample.
+    """
+    from samfed.data.partition import Split
+
+    def from_split(path: Path) -> tuple[list[str], str] | None:
+        s = Split.load(path)
+        ids, part = (s.test, "test") if s.test else (s.val, "val")
+        return (ids, f"{path.name}:{part}") if ids and all(i in dataset for i in ids) else None
+
+    if ids_file is not None:
+        if not ids_file.is_file():
+            raise SamfedError(f"Ids file {ids_file} does not exist.")
+        if ids_file.suffix == ".json":
+            got = from_split(ids_file)
+            if got is None:
+                raise SamfedError(f"The split {ids_file} does not match the dataset at {dataset.root}.")
+            return got
+        ids = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
+        if not ids:
+            raise SamfedError(f"Ids file {ids_file} lists no ids.")
+        for i in ids:
+            dataset[i]  # raises SamfedError for unknown ids
+        return ids, str(ids_file)
+    split_file = run_root / "split.json"
+    if split_file.is_file():
+        got = from_split(split_file)
+        if got is not None:
+            return got
+    return dataset.ids, "all samples"
+
+
+def run_models(run_root: Path) -> list[tuple[str, Path]]:
+    """(name, checkpoint dir) for global/ and every clients/<k>/ holding a student."""
+    from export.checkpoint import META
+
+    out = []
+    if (run_root / "global" / META).is_file():
+        out.append(("global", run_root / "global"))
+    clients = run_root / "clients"
+    if clients.is_dir():
+        dirs = sorted(
+            (d for d in clients.iterdir() if (d / META).is_file()), key=lambda d: (len(d.name), d.name)
+        )
+        out += [(f"client {d.name}", d) for d in dirs]
+    if not out:
+        raise SamfedError(
+            f"{run_root} holds no student checkpoint (global/student.json); is it a samfed run?"
+        )
+    return out
+
+
+def evaluate_run(
+    run_root: str | Path,
+    data: str | Path,
+    ids_file: Path | None = None,
+    out_dir: Path | None = None,
+    worst: int = 6,
+    batch_size: int = 8,
+) -> EvalResult:
+    import torch
+
+    from edge.outputs import overlay
+    from export.checkpoint import load_student_checkpoint
+    from samfed.data.io import read_image, read_mask
+    from samfed.data.readers import load_dataset
+    from samfed.metrics import evaluate_pair, summarize
+    from samfed.preprocess import prob_to_original, to_input
+
+    run_root = Path(run_root)
+    if not run_root.is_dir():
+        raise SamfedError(f"Run directory {run_root} does not exist.")
+    models = run_models(run_root)
+    dataset = load_dataset(data)
+    ids, source = resolve_ids(run_root, dataset, ids_file)
+    samples = dataset.select(ids)
+    if any(s.mask is None for s in samples):
+        raise SamfedError("Evaluation needs a mask for every image; some of the selected images have none.")
+    out_dir = out_dir or run_root / "eval" / Path(data).resolve().name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = [read_image(s.image) for s in samples]
+    masks = [read_mask(s.mask) for s in samples]
+
+    rows: list[dict] = []
+    preds_global: list[np.ndarray] = []
+    for name, ckpt in models:
+        model, meta = load_student_checkpoint(ckpt)
+        prep = meta["prep"]
+        for start in range(0, len(samples), batch_size):
+            chunk = range(start, min(start + batch_size, len(samples)))
+            x = torch.from_numpy(np.stack([to_input(images[i], prep) for i in chunk]))
+            with torch.no_grad():
+                probs = torch.sigmoid(model(x))[:, 0].numpy()
+            for i, p in zip(chunk, probs, strict=True):
+                pred = prob_to_original(p, masks[i].shape) > meta["threshold"]
+                rows.append(
+                    {"model": name, "arch": meta["arch"], "id": ids[i], **evaluate_pair(pred, masks[i])}
+                )
+                if name == "global":
+                    preds_global.append(pred)
+
+    with open(out_dir / "per_image.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["model", "arch", "id", "dice", "iou", "hd95"])
+        w.writeheader()
+        w.writerows({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    summary = {"run": str(run_root), "data": str(data), "ids": source, "n_images": len(ids), "models": {}}
+    for name, _ in models:
+        mine = [r for r in rows if r["model"] == name]
+        summary["models"][name] = {"arch": mine[0]["arch"], **summarize(mine)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [
+        "| model | arch | Dice mean | Dice std | IoU mean | HD95 mean (px) | HD95 median | n |",
+        "|---" * 8 + "|",
+    ]
+    for name, s in summary["models"].items():
+        lines.append(
+            f"| {name} | {s['arch']} | {s['dice']['mean']:.4f} | {s['dice']['std']:.4f} "
+            f"| {s['iou']['mean']:.4f} | {s['hd95']['mean']:.2f} | {s['hd95']['median']:.2f} "
+            f"| {s['dice']['n']} |"
+        )
+    (out_dir / "summary.md").write_text(
+        f"Evaluation of {run_root} on {data} ({source}, {len(ids)} images)\n\n" + "\n".join(lines) + "\n"
+    )
+
+    if preds_global and worst > 0:
+        from PIL import Image
+
+        odir = out_dir / "overlays"
+        odir.mkdir(exist_ok=True)
+        g = [r for r in rows if r["model"] == "global"]
+        for rank, i in enumerate(np.argsort([r["dice"] for r in g], kind="stable")[:worst], start=1):
+            a, b = overlay(images[i], masks[i]), overlay(images[i], preds_global[i])
+            canvas = Image.new("RGB", (a.width * 2 + 4, a.height), (255, 255, 255))
+            canvas.paste(a, (0, 0))
+            canvas.paste(b, (a.width + 4, 0))
+            canvas.save(odir / f"{rank:02d}_{ids[i]}_dice{g[i]['dice']:.3f}.png")
+    return EvalResult(out_dir, summary, rows)

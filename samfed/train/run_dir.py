@@ -1,0 +1,160 @@
+"""The run directory: one folder holding everything needed to evaluate, export and resume a run.
+
+Layout::
+
+    config.toml          resolved RunConfig (flags and --config merged)
+    split.json           samfed.data.partition.Split
+    data/                the built-in synthetic set (only when --data was omitted)
+    teacher/             fine-tuned teacher (samfed.teacher.save_teacher) + finetune.json
+    cache/               teacher maps and encoder embeddings (not in the manifest)
+    state/checkpoint.pt  resume state after the last finished round (atomic writes)
+    global/              global student  (export.checkpoint: student.safetensors + student.json)
+    clients/<k>/         each client's student, same format
+    metrics.jsonl        one JSON object per event: server init, client update, round summary, final
+    plots/*.png          validation Dice per round; agreement rate and pseudo-label accuracy
+    summary.json         final table
+    report.md, report.html
+    manifest.json        sha256 and size of every file except cache/ and the manifest itself
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from samfed.errors import SamfedError
+
+MANIFEST_SKIP = ("cache", "manifest.json")
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe values: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item") and not isinstance(v, str):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class RunDir:
+    """Paths and writers of one run directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # paths ------------------------------------------------------------------------------------
+    config = property(lambda self: self.root / "config.toml")
+    split = property(lambda self: self.root / "split.json")
+    data = property(lambda self: self.root / "data")
+    teacher = property(lambda self: self.root / "teacher")
+    cache = property(lambda self: self.root / "cache")
+    checkpoint = property(lambda self: self.root / "state" / "checkpoint.pt")
+    global_dir = property(lambda self: self.root / "global")
+    metrics = property(lambda self: self.root / "metrics.jsonl")
+    plots = property(lambda self: self.root / "plots")
+    summary = property(lambda self: self.root / "summary.json")
+    report_md = property(lambda self: self.root / "report.md")
+    report_html = property(lambda self: self.root / "report.html")
+    manifest = property(lambda self: self.root / "manifest.json")
+
+    def client_dir(self, k: int) -> Path:
+        return self.root / "clients" / str(k)
+
+    # metrics ----------------------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        """Append one JSON line to metrics.jsonl."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(_clean(record), sort_keys=True) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line]
+
+    def truncate_metrics(self, last_round: int) -> None:
+        """Keep only records of rounds <= last_round (and round-less ones): used when resuming."""
+        keep = [
+            r for r in self.read_metrics() if r.get("round", 0) <= last_round and r.get("event") != "final"
+        ]
+        atomic_write_text(self.metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+
+    # state ------------------------------------------------------------------------------------
+    def save_state(self, state: dict) -> None:
+        """torch.save to a temporary file, then os.replace: a crash never leaves half a checkpoint."""
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.checkpoint, buf.getvalue())
+
+    def load_state(self) -> dict:
+        import torch
+
+        if not self.checkpoint.is_file():
+            raise SamfedError(f"Nothing to resume in {self.root}: {self.checkpoint} does not exist.")
+        try:
+            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
+            raise SamfedError(f"Cannot read the resume state {self.checkpoint} ({exc}).") from None
+
+    def write_json(self, path: Path, obj: Any) -> None:
+        atomic_write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=True) + "\n")
+
+    # manifest ---------------------------------------------------------------------------------
+    def write_manifest(self) -> dict:
+        """manifest.json: {relative path: {sha256, bytes}} for every file but cache/ and itself."""
+        files = {}
+        for p in sorted(self.root.rglob("*")):
+            rel = p.relative_to(self.root)
+            if not p.is_file() or rel.parts[0] in MANIFEST_SKIP or p.name.endswith(".tmp"):
+                continue
+            files[rel.as_posix()] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        manifest = {"format": "samfed-run/1", "files": files}
+        self.write_json(self.manifest, manifest)
+        return manifest
+
+
+def verify_manifest(root: str | Path) -> list[str]:
+    """Relative paths whose current sha256 differs from manifest.json (missing files included)."""
+    run = RunDir(root)
+    if not run.manifest.is_file():
+        raise SamfedError(f"{run.root} has no manifest.json.")
+    files = json.loads(run.manifest.read_text())["files"]
+    bad = []
+    for rel, info in files.items():
+        p = run.root / rel
+        if not p.is_file() or sha256_file(p) != info["sha256"]:
+            bad.append(rel)
+    return bad

@@ -1,0 +1,652 @@
+"""In-process federated simulation of SAM-Fed and its baselines (the `samfed train` engine).
+
+One call of `train(cfg, out)`:
+
+1. data: the dataset folder (or the built-in synthetic set written into the run directory), the
+   split (server labeled D_p | clients | val | test), arrays at the working size;
+2. server initialisation: teacher fine-tuned on D_p (methods that use it) and saved; teacher maps
+   computed once per client image and cached; global student trained on D_p; client warm-up;
+3. rounds: every client runs `samfed.method.local_update.client_update`, the server runs
+   `samfed.method.aggregation.aggregate`; validation after every round; an atomic resume
+   checkpoint after every round;
+4. outputs: global and client checkpoints, metrics.jsonl, plots, report, summary, manifest.
+
+All randomness comes from `derive_seed(cfg.seed, ...)` per step, so a resumed run ends with the
+same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from samfed.config import RunConfig
+from samfed.errors import SamfedError
+from samfed.method.aggregation import ClientResult, aggregate
+from samfed.method.arrays import SegArrays, concat, derive_seed, predict_proba
+from samfed.method.local_update import client_update
+from samfed.method.methods import MethodSpec, method_spec
+from samfed.method.server import baseline_round, init_global, warmup_client
+from samfed.preprocess import Preprocessing
+from samfed.train.evaluation import evaluate_arrays, map_dice
+from samfed.train.run_dir import RunDir
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class Sets:
+    """The arrays of one run: D_p, each client's images (masks for logging only), val, test."""
+
+    labeled: SegArrays
+    clients: list[SegArrays]
+    val: SegArrays
+    test: SegArrays | None
+    teacher_maps: list[np.ndarray | None] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict
+    report: Path
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Raise SamfedError for settings a user can get wrong."""
+    from samfed.method.agreement import AGREEMENTS
+    from samfed.models import STUDENTS, list_students
+
+    method_spec(cfg.method)
+    for name in [*cfg.students, cfg.global_arch]:
+        if name not in STUDENTS:
+            raise SamfedError(f"unknown student {name!r}; choose one of: {', '.join(list_students())}.")
+    checks = [
+        (
+            cfg.agreement in AGREEMENTS,
+            f"Unknown agreement {cfg.agreement!r}; choose one of {', '.join(AGREEMENTS)}.",
+        ),
+        (
+            cfg.aggregation in ("auto", "fedavg", "distill"),
+            "The aggregation must be auto, fedavg or distill.",
+        ),
+        (
+            cfg.aggregation_rule != "fedavg" or not cfg.heterogeneous,
+            "FedAvg needs one student architecture for all clients and the global model; "
+            "use --aggregation distill.",
+        ),
+        (cfg.teacher_mode in ("decoder", "lora", "none"), "The teacher mode must be decoder, lora or none."),
+        (cfg.rounds >= 0 and cfg.local_epochs >= 1, "Rounds must be >= 0 and local epochs >= 1."),
+        (
+            cfg.image_size >= 32 and cfg.image_size % 16 == 0,
+            "The image size must be a multiple of 16, at least 32.",
+        ),
+        (
+            cfg.batch_size >= 1 and cfg.clients >= 1,
+            "The batch size and the number of clients must be at least 1.",
+        ),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise SamfedError(msg)
+
+
+def auto_threads(requested: int | None) -> int:
+    """`requested`, else torch's default, or 1 when the machine is already busy (load average >= cores
+    - 0.5): oversubscribed intra-op threads make small CPU models up to 10x slower than one thread."""
+    if requested:
+        return requested
+    import os
+
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0] >= cores - 0.5
+    except OSError:
+        busy = False
+    return 1 if busy else max(1, min(torch.get_num_threads(), cores))
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+
+def prepare_dataset(cfg: RunConfig, run: RunDir, say):
+    """The dataset (writing the synthetic one into run/data when cfg.data is None) and the split."""
+    from samfed.data.partition import Split, make_split
+    from samfed.data.readers import load_dataset
+
+    if cfg.data is None:
+        if not (run.data / "synth.json").is_file():
+            from samfed.data.synth import write_synthetic
+
+            say(
+                f"writing the built-in synthetic {cfg.synthetic_domain} set "
+                f"({cfg.synthetic_n} images) to {run.data}"
+            )
+            write_synthetic(
+                cfg.synthetic_domain, cfg.synthetic_n, run.data, seed=cfg.seed, size=max(cfg.image_size, 160)
+            )
+        dataset = load_dataset(run.data)
+    else:
+        dataset = load_dataset(cfg.data)
+    if run.split.is_file():
+        split = Split.load(run.split)
+        split.validate(dataset)
+    else:
+        split = make_split(
+            dataset,
+            clients=cfg.clients,
+            labeled_fraction=cfg.labeled_fraction,
+            scheme=cfg.partition,
+            alpha=cfg.dirichlet_alpha,
+            seed=cfg.seed,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+        )
+        split.save(run.split)
+    if not split.val:
+        raise SamfedError("The split has no validation images; raise the validation fraction or add val.txt.")
+    return dataset, split
+
+
+def _arrays(dataset, ids: list[str], size: int, need_masks: bool) -> SegArrays:
+    from samfed.data.dataset import load_arrays
+
+    has = all(s.mask is not None for s in dataset.select(ids))
+    if need_masks and not has:
+        raise SamfedError("Server-labeled and validation images need masks; some in the split have none.")
+    images, masks = load_arrays(dataset, ids, size, with_masks=has)
+    return SegArrays(images, masks, list(ids))
+
+
+def load_sets(dataset, split, cfg: RunConfig) -> Sets:
+    s = cfg.image_size
+    clients = [_arrays(dataset, ids, s, False) for ids in split.clients]
+    test = _arrays(dataset, split.test, s, True) if split.test else None
+    return Sets(
+        _arrays(dataset, split.server_labeled, s, True), clients, _arrays(dataset, split.val, s, True), test
+    )
+
+
+# ---- teacher -----------------------------------------------------------------------------------
+
+
+def _teacher_images(dataset, ids: list[str], teacher) -> list[np.ndarray]:
+    """Images as the teacher sees them: decoded at its input size for the stretch convention."""
+    if teacher.input.convention == "stretch-unit":
+        from samfed.data.dataset import load_arrays
+
+        images, _ = load_arrays(dataset, ids, teacher.input.size, with_masks=False)
+        return list(images)
+    from samfed.data.io import read_image
+
+    return [read_image(s.image) for s in dataset.select(ids)]
+
+
+def prepare_teacher(cfg: RunConfig, run: RunDir, dataset, split, say) -> tuple[object, dict]:
+    """Load, fine-tune on D_p (cfg.teacher_mode) and save the teacher; reuse run/teacher on resume."""
+    from samfed.teacher import finetune_teacher, load_teacher, save_teacher
+    from samfed.teacher.data import holdout, load_pairs
+    from samfed.teacher.state import is_teacher_dir
+
+    if is_teacher_dir(run.teacher):
+        teacher = load_teacher(run.teacher, cfg.teacher_checkpoint)
+        return teacher, {
+            "name": teacher.name,
+            "mode": "resumed",
+            "prompt": teacher.prompt,
+            "hash": teacher.hash,
+            **teacher.config.finetune,
+        }
+    given_dir = is_teacher_dir(cfg.teacher)
+    teacher = load_teacher(cfg.teacher, cfg.teacher_checkpoint, None if given_dir else cfg.teacher_prompt)
+    info = {
+        "name": teacher.name,
+        "mode": "given" if given_dir else cfg.teacher_mode,
+        "prompt": teacher.prompt,
+    }
+    if not given_dir and cfg.teacher_mode != "none":
+        train_ids, val_ids = holdout(split.server_labeled, 0.2, cfg.seed)
+        say(
+            f"fine-tuning the teacher ({cfg.teacher_mode}) on {len(train_ids)} + {len(val_ids)} server images"
+        )
+        images, masks = load_pairs(dataset, train_ids, teacher.input)
+        v_images, v_masks = load_pairs(dataset, val_ids, teacher.input)
+        result = finetune_teacher(
+            teacher,
+            images,
+            masks,
+            v_images,
+            v_masks,
+            mode=cfg.teacher_mode,
+            prompt=cfg.teacher_prompt,
+            epochs=cfg.teacher_epochs,
+            seed=cfg.seed,
+            embedding_cache=_cache_root(cfg, run) / "embeddings",
+            progress=False,
+            decoder_warmup_epochs=max(1, cfg.teacher_epochs // 2) if cfg.teacher_mode == "lora" else 0,
+        )
+        info.update(
+            best_val_dice_holdout=result.best_val_dice,
+            best_epoch=result.best_epoch,
+            finetune_seconds=result.seconds,
+        )
+    info["hash"] = save_teacher(teacher, run.teacher)
+    return teacher, info
+
+
+def _cache_root(cfg: RunConfig, run: RunDir) -> Path:
+    return Path(cfg.teacher_cache) if cfg.teacher_cache else run.cache
+
+
+def compute_maps(
+    teacher, dataset, ids: list[str], cfg: RunConfig, run: RunDir, prompt_masks: np.ndarray | None = None
+) -> np.ndarray:
+    """Teacher probabilities (N, S, S) float32 for `ids`, cached on disk (computed once per image).
+
+    prompt_masks: (N, S, S) bool masks of the initial global model, for the ``global-box`` prompt.
+    """
+    from samfed.teacher import TeacherMapCache, teacher_maps
+
+    if not ids:
+        return np.zeros((0, cfg.image_size, cfg.image_size), np.float32)
+    root = _cache_root(cfg, run)
+    if hasattr(teacher, "encoder_hash") and hasattr(teacher, "decode"):
+        from samfed.train.teacher_maps import EmbeddingCachedTeacher
+
+        teacher = EmbeddingCachedTeacher(teacher, root / "embeddings")
+    masks = None if teacher.prompt != "global-box" else list(prompt_masks)
+    images = _teacher_images(dataset, ids, teacher)
+    return teacher_maps(
+        teacher, images, TeacherMapCache(root / "teacher_maps"), cfg.image_size, prompt_masks=masks
+    )
+
+
+# ---- models and state --------------------------------------------------------------------------
+
+
+def new_model(arch: str, cfg: RunConfig, *keys) -> nn.Module:
+    torch.manual_seed(derive_seed(cfg.seed, "init", arch, *keys) % (2**63))
+    from samfed.models import create_student
+
+    return create_student(arch, norm=cfg.norm)
+
+
+def _state(round_: int, glob: nn.Module, clients: list[nn.Module], cfg: RunConfig, global_init: dict) -> dict:
+    return {
+        "global_init": global_init,
+        "format": torch.tensor(CHECKPOINT_FORMAT),
+        "round": torch.tensor(round_),
+        "seed": torch.tensor(cfg.seed),
+        "global": {k: v.detach().clone() for k, v in glob.state_dict().items()},
+        "clients": [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in clients],
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def cached_init_global(glob: nn.Module, labeled: SegArrays, cfg: RunConfig, run: RunDir) -> dict:
+    """`init_global`, memoised in the shared cache folder when cfg.teacher_cache is set.
+
+    The initial global model depends only on the settings in the key below, so benchmark rows of one
+    seed share it (a pure speed-up: training is deterministic for a given thread count)."""
+    if not cfg.teacher_cache:
+        return init_global(glob, labeled, cfg, cfg.seed)
+    from samfed.train.run_dir import atomic_write_bytes
+
+    key = derive_seed(
+        "init_global", cfg.global_arch, cfg.norm, cfg.seed, cfg.server_epochs, cfg.batch_size, cfg.lr,
+        cfg.weight_decay, cfg.image_size, cfg.weak_aug, tuple(labeled.ids), torch.get_num_threads(),
+    )  # fmt: skip
+    path = Path(cfg.teacher_cache) / "global_init" / f"{key:016x}.pt"
+    if path.is_file():
+        glob.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return {"cached": str(path)}
+    info = init_global(glob, labeled, cfg, cfg.seed)
+    import io
+
+    buf = io.BytesIO()
+    torch.save(glob.state_dict(), buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return info
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+def train(
+    cfg: RunConfig,
+    out: str | Path,
+    resume: bool = False,
+    console: Console | None = None,
+    progress: bool = True,
+    teacher=None,
+) -> RunResult:
+    """Run (or resume) one training run into directory `out`; returns its summary and report path.
+
+    teacher: optional ready teacher object (``predict_proba``, ``hash``, ``prompt``, ``input``)
+    used instead of loading and fine-tuning cfg.teacher.
+    """
+    console = console or Console(quiet=not progress)
+    say = console.print
+    t_start = time.perf_counter()
+    validate_config(cfg)
+    torch.set_num_threads(auto_threads(cfg.threads))
+    spec = method_spec(cfg.method)
+    run = RunDir(out)
+    if resume:
+        if not run.checkpoint.is_file():
+            raise SamfedError(f"Nothing to resume in {run.root}: no finished round was saved there.")
+    elif run.config.is_file():
+        raise SamfedError(
+            f"{run.root} already holds a run; pass --resume to continue it or choose another --out."
+        )
+    run.root.mkdir(parents=True, exist_ok=True)
+    cfg.save(run.config)
+
+    dataset, split = prepare_dataset(cfg, run, say)
+    sets = load_sets(dataset, split, cfg)
+    prep = Preprocessing(size=cfg.image_size)
+    say(
+        f"[bold]{cfg.method}[/]: {len(sets.labeled)} labeled server images, clients "
+        f"{[len(c) for c in sets.clients]}, {len(sets.val)} validation images, {cfg.image_size} px"
+    )
+
+    glob = new_model(cfg.global_arch, cfg, "global")
+    federated = spec.kind == "federated"
+    clients = (
+        [new_model(cfg.client_arch(k), cfg, "client", k) for k in range(len(sets.clients))]
+        if federated
+        else []
+    )
+    start_round, state = 0, None
+    if resume:
+        state = run.load_state()
+        glob.load_state_dict(state["global_init"])
+    else:
+        init_info = cached_init_global(glob, sets.labeled, cfg, run)
+
+    teacher_info: dict = {}
+    sets.teacher_maps = [None] * len(sets.clients)
+    if spec.needs_teacher:
+        if teacher is None:
+            teacher, teacher_info = prepare_teacher(cfg, run, dataset, split, say)
+        else:
+            teacher_info = {
+                "name": getattr(teacher, "name", "injected"),
+                "mode": "injected",
+                "prompt": getattr(teacher, "prompt", None),
+            }
+        say(
+            f"teacher maps for {sum(len(c) for c in sets.clients) + len(sets.val)} images "
+            f"(prompt {teacher.prompt}; cached for later runs)"
+        )
+        t0 = time.perf_counter()
+
+        def prompt_masks(data: SegArrays):
+            return predict_proba(glob, data, prep) > 0.5 if teacher.prompt == "global-box" else None
+
+        sets.teacher_maps = [
+            compute_maps(teacher, dataset, c.ids, cfg, run, prompt_masks(c)) for c in sets.clients
+        ]
+        val_maps = compute_maps(teacher, dataset, sets.val.ids, cfg, run, prompt_masks(sets.val))
+        teacher_info["val_dice"] = map_dice(val_maps, sets.val.masks)
+        teacher_info["maps_seconds"] = time.perf_counter() - t0
+        say(f"teacher validation Dice {teacher_info['val_dice']:.4f}")
+
+    global_init = {k: v.detach().clone() for k, v in glob.state_dict().items()}
+    if resume:
+        glob.load_state_dict(state["global"])
+        for m, st in zip(clients, state["clients"], strict=True):
+            m.load_state_dict(st)
+        torch.set_rng_state(state["torch_rng"])
+        start_round = int(state["round"])
+        run.truncate_metrics(start_round)
+        say(f"resuming after round {start_round}")
+    else:
+        for k, m in enumerate(clients):
+            warmup_client(m, cfg.client_arch(k), glob, sets.labeled, cfg, derive_seed(cfg.seed, "warmup", k))
+        run.log({"event": "init", "round": 0, **init_info, "teacher": teacher_info})
+        _log_round(run, 0, glob, clients, sets, prep, {}, {}, 0.0, say)
+        run.save_state(_state(0, glob, clients, cfg, global_init))
+
+    _run_rounds(cfg, spec, run, sets, glob, clients, prep, start_round, console, progress, say, global_init)
+
+    summary = finish(cfg, run, split, sets, glob, clients, prep, teacher_info, time.perf_counter() - t_start)
+    say(
+        f"[green]done[/]: global validation Dice {summary['val_dice']:.4f}; "
+        f"report: [bold]{run.report_html}[/]"
+    )
+    return RunResult(run.root, summary, run.report_html)
+
+
+def _run_rounds(
+    cfg,
+    spec: MethodSpec,
+    run,
+    sets: Sets,
+    glob,
+    clients,
+    prep,
+    start_round,
+    console,
+    progress,
+    say,
+    global_init: dict,
+):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    per_round = max(1, len(clients))
+    bar = (
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        if progress
+        else contextlib.nullcontext()
+    )
+    pooled = None
+    if spec.kind == "centralised":
+        if any(c.masks is None for c in sets.clients):
+            raise SamfedError("The centralised baseline needs masks for every client image.")
+        pooled = concat([sets.labeled, *sets.clients])
+    mean_client = int(round(np.mean([len(c) for c in sets.clients])))
+    with bar:
+        task = bar.add_task("rounds", total=(cfg.rounds - start_round) * per_round) if progress else None
+        for r in range(start_round + 1, cfg.rounds + 1):
+            t0 = time.perf_counter()
+            client_metrics: dict[int, dict] = {}
+            agg_metrics: dict = {}
+            if spec.kind == "federated":
+                results = []
+                for k, local in enumerate(clients):
+                    if progress:
+                        bar.update(
+                            task, description=f"round {r}/{cfg.rounds} client {k} ({cfg.client_arch(k)})"
+                        )
+                    state, n, met = client_update(
+                        glob,
+                        local,
+                        sets.clients[k],
+                        sets.teacher_maps[k],
+                        sets.labeled,
+                        cfg,
+                        r,
+                        derive_seed(cfg.seed, "round", r, "client", k),
+                    )
+                    local.load_state_dict(state)
+                    results.append(ClientResult(state, n, local, met))
+                    client_metrics[k] = {"arch": cfg.client_arch(k), "n": n, **met}
+                    if progress:
+                        bar.advance(task)
+                new_state, agg_metrics = aggregate(
+                    cfg.aggregation_rule,
+                    glob,
+                    results,
+                    sets.labeled,
+                    cfg,
+                    r,
+                    derive_seed(cfg.seed, "aggregate", r),
+                )
+                glob.load_state_dict(new_state)
+            else:
+                if progress:
+                    bar.update(task, description=f"round {r}/{cfg.rounds} ({spec.kind})")
+                agg_metrics = baseline_round(
+                    glob,
+                    spec.kind,
+                    sets.labeled,
+                    pooled,
+                    mean_client,
+                    cfg,
+                    derive_seed(cfg.seed, "baseline", r),
+                )
+                if progress:
+                    bar.advance(task)
+            _log_round(
+                run, r, glob, clients, sets, prep, agg_metrics, client_metrics, time.perf_counter() - t0, say
+            )
+            run.save_state(_state(r, glob, clients, cfg, global_init))
+
+
+def _log_round(
+    run: RunDir, r: int, glob, clients, sets: Sets, prep, agg: dict, client_metrics: dict, seconds: float, say
+) -> None:
+    """Validate the global model (and, with heterogeneous students, every client model: with FedAvg a
+    client model is only the pre-aggregation copy); log client records and the round record."""
+    rows = evaluate_arrays(glob, sets.val, prep)
+    dice = float(np.mean([x["dice"] for x in rows]))
+    hd = float(np.mean([x["hd95"] for x in rows]))
+    client_dice = []
+    hetero = any(type(m) is not type(glob) for m in clients)
+    for k, m in enumerate(clients):
+        rec = {"event": "client", "round": r, "client": k, **client_metrics.get(k, {})}
+        if hetero:
+            cd = float(np.mean([x["dice"] for x in evaluate_arrays(m, sets.val, prep, with_hd95=False)]))
+            client_dice.append(cd)
+            rec["val_dice"] = cd
+        if hetero or client_metrics:
+            run.log(rec)
+    run.log(
+        {
+            "event": "round",
+            "round": r,
+            "val_dice": dice,
+            "val_hd95": hd,
+            "seconds": seconds,
+            "client_val_dice": client_dice,
+            **agg,
+        }
+    )
+    extra = ""
+    recs = list(client_metrics.values())
+    agree = [x["agreement_rate"] for x in recs if x.get("agreement_rate") is not None]
+    pl = [x for x in recs if x.get("pl_acc") is not None]
+    if agree:
+        extra += f", agreement {np.mean(agree):.3f}"
+    if pl:
+        extra += (
+            f", pseudo-label acc. {np.mean([x['pl_acc'] for x in pl]):.3f} "
+            f"(source {np.mean([x['teacher_acc'] for x in pl]):.3f})"
+        )
+    cl = f" (clients {', '.join(f'{d:.3f}' for d in client_dice)})" if client_dice else ""
+    say(f"round {r}: global val Dice {dice:.4f}, HD95 {hd:.1f}{cl}{extra}")
+
+
+# ---- outputs -----------------------------------------------------------------------------------
+
+
+def _score(model, arch: str, name: str, split_name: str, data: SegArrays, prep) -> dict:
+    from samfed.metrics import summarize
+
+    s = summarize(evaluate_arrays(model, data, prep))
+    return {
+        "model": name,
+        "arch": arch,
+        "split": split_name,
+        "dice_mean": s["dice"]["mean"],
+        "dice_std": s["dice"]["std"],
+        "hd95_mean": s["hd95"]["mean"],
+        "iou_mean": s["iou"]["mean"],
+        "n": s["dice"]["n"],
+    }
+
+
+def finish(
+    cfg, run: RunDir, split, sets: Sets, glob, clients, prep, teacher_info: dict, seconds: float
+) -> dict:
+    """Checkpoints, final scores, plots, report, summary.json and manifest.json."""
+    from export.checkpoint import save_student_checkpoint
+    from samfed.train.plots import plot_agreement, plot_val_dice
+    from samfed.train.report import hardware, write_report
+
+    data_path = str(run.data.resolve()) if cfg.data is None else str(Path(cfg.data).resolve())
+    meta = {
+        "source_run": str(run.root.resolve()),
+        "data_path": data_path,
+        "split": "split.json",
+        "method": cfg.method,
+        "rounds": cfg.rounds,
+        "seed": cfg.seed,
+    }
+    save_student_checkpoint(glob, cfg.global_arch, cfg.norm, prep, run.global_dir, role="global", **meta)
+    for k, m in enumerate(clients):
+        save_student_checkpoint(
+            m, cfg.client_arch(k), cfg.norm, prep, run.client_dir(k), role=f"client {k}", **meta
+        )
+
+    models = [_score(glob, cfg.global_arch, "global", "val", sets.val, prep)]
+    if sets.test is not None:
+        models.append(_score(glob, cfg.global_arch, "global", "test", sets.test, prep))
+    models += [
+        _score(m, cfg.client_arch(k), f"client {k}", "val", sets.val, prep) for k, m in enumerate(clients)
+    ]
+    records = run.read_metrics()
+    summary = {
+        "config": cfg.to_dict(),
+        "data": cfg.data or "built-in synthetic",
+        "split_sizes": {
+            "server_labeled": len(split.server_labeled),
+            "clients": [len(c) for c in split.clients],
+            "val": len(split.val),
+            "test": len(split.test),
+        },
+        "aggregation": cfg.aggregation_rule if method_spec(cfg.method).kind == "federated" else "-",
+        "teacher": teacher_info,
+        "models": models,
+        "val_dice": models[0]["dice_mean"],
+        "val_hd95": models[0]["hd95_mean"],
+        "seconds": seconds,
+        "hardware": hardware(),
+    }
+    run.log(
+        {
+            "event": "final",
+            "round": cfg.rounds,
+            "val_dice": summary["val_dice"],
+            "val_hd95": summary["val_hd95"],
+            "seconds": seconds,
+        }
+    )
+    records = run.read_metrics()
+    plots = [
+        p
+        for p in (
+            plot_val_dice(records, run.plots / "val_dice.png", f"{cfg.method}: validation Dice"),
+            plot_agreement(records, run.plots / "agreement.png"),
+        )
+        if p is not None
+    ]
+    run.write_json(run.summary, summary)
+    write_report(run.root, summary, records, plots)
+    run.write_manifest()
+    return summary

@@ -1,0 +1,236 @@
+"""The SAM-Fed method pieces on hand-made tensors and a tiny toy segmentation task."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from samfed.config import RunConfig
+from samfed.method.aggregation import ClientResult, aggregate, fedavg
+from samfed.method.agreement import agreement, agreement_stats
+from samfed.method.arrays import SegArrays, generator, predict_proba
+from samfed.method.augment import strong_augment, weak_augment
+from samfed.method.local_update import client_update, supervised_steps
+from samfed.method.losses import kd_loss, seg_loss, sigmoid_rampup, weighted_bce, weighted_soft_dice
+from samfed.models import create_student
+
+torch.set_num_threads(1)  # the CI machine is shared; one thread is faster under contention
+
+
+def m(*v):
+    """Maps (1, 1, 1, n) from a list of probabilities."""
+    return torch.tensor(v, dtype=torch.float32).view(1, 1, 1, -1)
+
+
+# pixel:        agree  T-vs-L(L conf, G with L)  T-vs-L(G with T)  T-vs-L(L weak, G with L)
+S = m(0.9, 0.6, 0.95, 0.55)
+G = m(0.8, 0.05, 0.9, 0.3)
+L = m(0.7, 0.02, 0.1, 0.35)
+
+
+def test_agreement_teacher_and_naive():
+    lab, w = agreement(S, G, L, "teacher")
+    assert lab.flatten().tolist() == [1, 1, 1, 1] and w.flatten().tolist() == [1, 1, 1, 1]
+    lab, w = agreement(S, None, L, "naive")
+    # pixel 1: k_T .6 < k_L .98 -> local label 0, weight .38; pixel 2: k_T .95 > k_L .9 -> teacher, .05
+    # pixel 3: k_T .55 < k_L .65 -> local label 0, weight .1
+    assert lab.flatten().tolist() == [1, 0, 1, 0]
+    assert w.flatten().tolist() == pytest.approx([1, 0.38, 0.05, 0.1], abs=1e-6)
+
+
+def test_agreement_ignore_and_vote():
+    lab, w = agreement(S, None, L, "ignore")
+    assert lab.flatten().tolist() == [1, 1, 1, 1] and w.flatten().tolist() == [1, 0, 0, 0]
+    lab, w = agreement(S, G, L, "vote")
+    assert lab.flatten().tolist() == [1, 0, 1, 0]
+    assert w.flatten().tolist() == pytest.approx([1, 1 / 3, 1 / 3, 1 / 3])
+
+
+def test_agreement_anneal_is_teacher_only_at_ramp_zero():
+    lab0, w0 = agreement(S, None, L, "anneal", ramp=0.0)
+    assert lab0.flatten().tolist() == [1, 1, 1, 1] and w0.flatten().tolist() == [1, 1, 1, 1]
+    lab1, w1 = agreement(S, None, L, "anneal", ramp=1.0)
+    assert lab1.flatten().tolist() == [1, 0, 1, 0]
+    assert w1[0, 0, 0, 1].item() == pytest.approx((0.98 - 0.6) / 0.98)
+
+
+def test_agreement_weighted_needs_global_and_confidence():
+    lab, w = agreement(S, G, L, "weighted", ramp=1.0, tau=0.8)
+    # pixel 1: local and global agree (min conf .95 >= tau) and beat the teacher -> label 0
+    # pixel 2: the global model sides with the teacher -> teacher label, weight 1
+    # pixel 3: local and global agree but min conf .65 < tau -> teacher label, weight 1
+    assert lab.flatten().tolist() == [1, 0, 1, 1]
+    assert w.flatten().tolist() == pytest.approx([1, (0.95 - 0.6) / 0.95, 1, 1], abs=1e-6)
+    lab0, w0 = agreement(S, G, L, "weighted", ramp=0.0)
+    assert torch.equal(lab0, (S > 0.5).float()) and torch.equal(w0, torch.ones_like(S))
+    with pytest.raises(ValueError):
+        agreement(S, None, L, "weighted")
+    with pytest.raises(ValueError):
+        agreement(S, G, L, "bogus")
+
+
+def test_agreement_stats_counts():
+    lab, w = agreement(S, G, L, "weighted", ramp=1.0)
+    gt = m(1, 0, 1, 0)
+    st = agreement_stats(S, L, lab, w, gt)
+    assert st["pixels"] == 4 and st["agree"] == 1 and st["override"] == 1
+    assert st["teacher_correct"] == 2 and st["pl_correct"] == 3
+
+
+def test_losses_on_known_inputs():
+    logits = torch.zeros(1, 1, 2, 2)
+    target = torch.tensor([1.0, 0.0, 1.0, 0.0]).view(1, 1, 2, 2)
+    assert weighted_bce(logits, target).item() == pytest.approx(math.log(2))
+    big = torch.where(target > 0, 20.0, -20.0)
+    assert weighted_bce(big, target).item() < 1e-6
+    assert weighted_soft_dice(big, target).item() == pytest.approx(0.0, abs=1e-6)
+    # wrong everywhere: sum p = sum y = 2, no overlap -> Dice = eps / (4 + eps) with eps = 1
+    assert weighted_soft_dice(-big, target).item() == pytest.approx(1 - 1 / 5, abs=1e-6)
+    # a zero weight removes a pixel: wrong only where w = 0 -> no loss
+    half_wrong = big.clone()
+    half_wrong[0, 0, 0, 0] = -20.0
+    w = torch.ones_like(target)
+    w[0, 0, 0, 0] = 0
+    assert weighted_bce(half_wrong, target, w).item() < 1e-6
+    assert seg_loss(half_wrong, target, w).item() < 1e-6
+    assert weighted_bce(logits, target, torch.zeros_like(target)).item() == 0.0
+
+
+def test_kd_loss_two_class_temperature():
+    z = torch.randn(2, 1, 4, 4)
+    assert kd_loss(z, z).item() == pytest.approx(0.0, abs=1e-6)
+    # teacher logit 0 (p=.5), student logit 2: at T=2 q = sigmoid(1); KL = .5 log(.5/q) + .5 log(.5/(1-q))
+    q = 1 / (1 + math.exp(-1))
+    expected = 4 * (0.5 * math.log(0.5 / q) + 0.5 * math.log(0.5 / (1 - q)))
+    got = kd_loss(torch.full((1, 1, 1, 1), 2.0), torch.zeros(1, 1, 1, 1), temperature=2.0)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_sigmoid_rampup():
+    assert sigmoid_rampup(0, 4) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(2, 4) == pytest.approx(math.exp(-1.25))
+    assert sigmoid_rampup(9, 4) == 1.0 and sigmoid_rampup(0, 0) == 1.0
+
+
+def test_fedavg_weights_by_samples_and_keeps_int_buffers():
+    a = {"w": torch.tensor([0.0, 2.0]), "bn.num_batches_tracked": torch.tensor(5)}
+    b = {"w": torch.tensor([4.0, 6.0]), "bn.num_batches_tracked": torch.tensor(7)}
+    out = fedavg([a, b], [1, 3])
+    assert out["w"].tolist() == pytest.approx([3.0, 5.0])
+    assert out["bn.num_batches_tracked"].item() == 7 and out["bn.num_batches_tracked"].dtype == torch.int64
+    # real BatchNorm models: running stats averaged too, result loads strictly
+    m1, m2 = create_student("unet-s"), create_student("unet-s")
+    m1(torch.randn(2, 3, 32, 32))
+    avg = fedavg([m1.state_dict(), m2.state_dict()], [1, 1])
+    key = next(k for k in avg if k.endswith("running_mean"))
+    assert torch.allclose(avg[key], (m1.state_dict()[key] + m2.state_dict()[key]) / 2)
+    create_student("unet-s").load_state_dict(avg, strict=True)
+
+
+def test_weak_augment_moves_maps_with_images():
+    x = torch.rand(3, 3, 32, 32)
+    probs = x[:, :1].clone()
+    mask = (x[:, 1:2] > 0.5).float()
+    xa, (pa, ma) = weak_augment(x, [probs, mask], generator(1))
+    assert torch.allclose(xa[:, :1], pa, atol=1e-6)  # same geometry
+    assert set(ma.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.allclose(xa, x)
+    xb, _ = weak_augment(x, [None], generator(1))
+    assert torch.equal(xa, xb)  # generator-driven
+
+
+def test_strong_augment_keeps_geometry_and_is_seeded():
+    x = torch.zeros(2, 3, 16, 16)
+    x[:, :, 4:8, 4:8] = 2.0
+    y = strong_augment(x, generator(0))
+    assert torch.equal(y, strong_augment(x, generator(0)))
+    inside, outside = y[:, :, 5, 5], y[:, :, 12, 12]
+    assert torch.allclose(y[:, :, 4:8, 4:8], inside[..., None, None].expand(-1, -1, 4, 4))
+    assert not torch.allclose(inside, outside)
+
+
+# ---- toy segmentation task: bright discs on a noisy background, 32 px ----------------------------
+
+
+def toy_set(n: int, seed: int, size: int = 32) -> SegArrays:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    imgs, masks = [], []
+    for _ in range(n):
+        cy, cx, r = rng.uniform(8, size - 8), rng.uniform(8, size - 8), rng.uniform(4, 9)
+        mk = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+        img = rng.normal(90, 25, (size, size, 3))
+        img[mk] += np.array([100, 40, 20])
+        imgs.append(np.clip(img, 0, 255).astype(np.uint8))
+        masks.append(mk)
+    return SegArrays(np.stack(imgs), np.stack(masks), [f"t{seed}_{i}" for i in range(n)])
+
+
+def toy_cfg(**kw) -> RunConfig:
+    base = dict(image_size=32, batch_size=4, lr=3e-3, local_epochs=1, rounds=2, rampup_rounds=0.0)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def mean_dice(model, data: SegArrays, cfg: RunConfig) -> float:
+    from samfed.metrics import dice_batch
+    from samfed.preprocess import Preprocessing
+
+    p = predict_proba(model, data, Preprocessing(size=cfg.image_size))
+    return float(dice_batch(p > 0.5, data.masks).mean())
+
+
+def test_client_update_deterministic_and_never_reads_client_masks():
+    torch.manual_seed(0)
+    cfg = toy_cfg(method="samfed")
+    labeled, client = toy_set(6, 1), toy_set(8, 2)
+    maps = client.masks.astype(np.float32) * 0.9 + 0.05
+    glob = create_student("unet-s")
+    runs = []
+    for masks in (client.masks, None):
+        local = create_student("unet-s")
+        data = SegArrays(client.images, masks, client.ids)
+        runs.append(client_update(glob, local, data, maps, labeled, cfg, round=2, seed=11))
+    (s1, n1, met1), (s2, n2, met2) = runs
+    assert n1 == n2 == 8
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert "pl_acc" in met1 and "pl_acc" not in met2 and 0 <= met1["agreement_rate"] <= 1
+    assert met1["pl_acc"] == pytest.approx(1.0)  # the maps are the ground truth here
+    local = create_student("unet-s")
+    s3, _, _ = client_update(
+        glob, local, SegArrays(client.images, None, client.ids), maps, labeled, cfg, 2, seed=12
+    )
+    assert not all(torch.equal(s1[k], s3[k]) for k in s1)
+
+
+@pytest.mark.parametrize("method", ["samfed-no-sam", "fixmatch", "sam-only"])
+def test_client_update_other_methods_run(method):
+    cfg = toy_cfg(method=method)
+    labeled, client = toy_set(4, 3), toy_set(4, 4)
+    maps = None if method in ("samfed-no-sam", "fixmatch") else client.masks.astype(np.float32)
+    glob, local = create_student("unet-s"), create_student("unet-s")
+    state, n, met = client_update(glob, local, client, maps, labeled, cfg, 1, seed=0)
+    assert n == 4 and math.isfinite(met["loss"])
+    assert (met["loss_kd"] > 0) == (method == "samfed-no-sam")
+
+
+def test_heterogeneous_distillation_improves_global_model():
+    cfg = toy_cfg(students=["mobile-unet", "resunet-lite"], global_student="unet-s", distill_epochs=6)
+    labeled, val = toy_set(16, 5), toy_set(16, 6)
+    clients = []
+    for k, arch in enumerate(cfg.students):
+        torch.manual_seed(k)
+        model = create_student(arch)
+        supervised_steps(model, toy_set(32, 10 + k), cfg, steps=60, seed=k)
+        clients.append(ClientResult(state={}, num_samples=32, model=model))
+    torch.manual_seed(9)
+    glob = create_student("unet-s")
+    before = mean_dice(glob, val, cfg)
+    state, met = aggregate("distill", glob, clients, labeled, cfg, round=1, seed=0)
+    glob.load_state_dict(state)
+    after = mean_dice(glob, val, cfg)
+    ensemble = np.mean([mean_dice(c.model, val, cfg) for c in clients])
+    assert ensemble > 0.5
+    assert after > before + 0.1, (before, after, ensemble)
+    assert met["distill_kd"] >= 0

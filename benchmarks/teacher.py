@@ -128,13 +128,14 @@ def encoder_speed(teacher, onnx_dir: Path, images, threads: int) -> dict:
 
 def markdown(report: dict) -> str:
     lines = [
-        "| teacher | prompt at inference | Dice (val) | HD95 px (val) | realistic |",
-        "|---|---|---|---|---|",
+        "| teacher | prompt at inference | Dice (val) | HD95 px (val) | realistic | best / run epochs |",
+        "|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         lines.append(
             f"| {r['row']} | {r['prompt']} | {r['dice']:.4f} ± {r['dice_std']:.3f} | "
-            f"{r['hd95']:.1f} ± {r['hd95_std']:.1f} | {'yes' if r['realistic'] else 'no (upper bound)'} |"
+            f"{r['hd95']:.1f} ± {r['hd95_std']:.1f} | {'yes' if r['realistic'] else 'no (upper bound)'} | "
+            f"{r.get('best_epoch', '-')} / {r.get('epochs_run', '-')} |"
         )
     sp = report.get("speed")
     if sp:
@@ -152,7 +153,15 @@ def markdown(report: dict) -> str:
                     f"mean {par[k]['dice_mean']:.4f}, min {par[k]['dice_min']:.4f}, "
                     f"max |dp| {par[k]['max_abs_prob_diff']:.1e}"
                 )
-    lines += ["", report["notes"], "", f"Recommended default prompt: **{report.get('recommended_prompt')}**"]
+    lines += [
+        "",
+        "best epoch 0 = fine-tuning never beat its starting point on the early-stopping holdout, "
+        "so the starting weights were kept.",
+        "",
+        report["notes"],
+        "",
+        f"Recommended default prompt: **{report.get('recommended_prompt')}**",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -166,7 +175,8 @@ def main() -> None:
     ap.add_argument("--decoder-epochs", type=int, default=12)
     ap.add_argument("--lora-epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--lora-lr", type=float, default=1e-3)
+    ap.add_argument("--lora-lr", type=float, default=3e-4)
+    ap.add_argument("--lr-lora-decoder", type=float, default=5e-5, help="decoder lr in the LoRA stage")
     ap.add_argument("--patience", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--speed-images", type=int, default=8)
@@ -196,7 +206,8 @@ def main() -> None:
         "train": len(train_ids),
         "early_stopping": len(hold_ids), "val": len(split.val), "threads": args.threads,
         "decoder_epochs": args.decoder_epochs, "lora_epochs": args.lora_epochs, "lr": args.lr,
-        "lora_lr": args.lora_lr, "patience": args.patience, "rows": [],
+        "lora_lr": args.lora_lr, "lora_decoder_lr": args.lr_lora_decoder, "patience": args.patience,
+        "rows": [],
     }  # fmt: skip
 
     def add(row: str, prompt: str, pred, realistic: bool, extra=None) -> None:
@@ -244,12 +255,12 @@ def main() -> None:
 
     if not args.skip_lora:
         t, res = finetuned(
-            ft[best_prompt], f"lora-{best_prompt}", out, train, hold, emb_dir, mode="lora",
-            prompt=best_prompt,
-            epochs=args.lora_epochs, lr=args.lr, lora_lr=args.lora_lr, patience=args.patience, seed=args.seed,
-            batch_size=2,
+            ft[best_prompt], f"lora-{best_prompt}-lr{args.lr_lora_decoder}-{args.lora_lr}", out, train, hold,
+            emb_dir, mode="lora", prompt=best_prompt, epochs=args.lora_epochs, lr=args.lr_lora_decoder,
+            lora_lr=args.lora_lr, patience=args.patience, seed=args.seed, batch_size=2,
         )  # fmt: skip
-        lora_emb = embed(t, val_images, emb_dir, "val (LoRA encoder)")
+        # best epoch 0: the LoRA factors are still zero, the encoder is unchanged
+        lora_emb = val_emb if res["best_epoch"] == 0 else embed(t, val_images, emb_dir, "val (LoRA encoder)")
         boxes = boxes_for(best_prompt, spec, proxy_masks if best_prompt == "global-box" else val_images)
         extra = {"best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],
                  "finetune_s": res["seconds"], "warm_start": f"decoder-{best_prompt}"}  # fmt: skip
@@ -274,9 +285,10 @@ def main() -> None:
             f"{len(split.val)} val ids",
             f"at 256x256. Decoder-only: <= {args.decoder_epochs} epochs (lr {args.lr}, patience",
             f"{args.patience}) on cached frozen-encoder embeddings; LoRA: rank 4 on q,v of all 10 TinyViT",
-            f"attention blocks + decoder, {args.lora_epochs} epochs (lr {args.lr} decoder / {args.lora_lr}",
-            "LoRA, flips), warm-started from the decoder-only teacher. oracle-box = the ground-truth box",
-            "(upper bound, not available on clients); global-box (proxy M_G) = box around the decoder-ft",
+            f"attention blocks + decoder, {args.lora_epochs} epochs (lr {args.lr_lora_decoder} decoder /",
+            f"{args.lora_lr} LoRA, flips), warm-started from the decoder-only teacher.",
+            "oracle-box = the ground-truth box (upper bound, not available on clients);",
+            "global-box (proxy M_G) = box around the decoder-ft",
             "none-mode teacher's own mask (a stand-in for the global student's mask). Speed: image encoder",
             f"only, batch 1, {args.threads} thread(s), shared CPU.",
         ]

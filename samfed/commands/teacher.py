@@ -63,8 +63,8 @@ def finetune(
     decoder_epochs: int = typer.Option(
         10, min=0, help="--mode lora: epochs of a cheap decoder-only warm-up on cached embeddings first."
     ),
-    lr: float = typer.Option(1e-4, help="Learning rate of the mask decoder."),
-    lora_lr: float = typer.Option(1e-3, help="Learning rate of the LoRA factors."),
+    lr: float = typer.Option(2e-4, help="Learning rate of the mask decoder."),
+    lora_lr: float = typer.Option(3e-4, help="Learning rate of the LoRA factors."),
     lora_rank: int = typer.Option(4, min=1, help="LoRA rank."),
     lora_blocks: str | None = typer.Option(
         None, help="Comma-separated attention block indices (default: all)."

@@ -102,8 +102,8 @@ def finetune_teacher(
     mode: str = "decoder",
     prompt: str | None = None,
     epochs: int = 20,
-    lr: float = 1e-4,
-    lora_lr: float = 1e-3,
+    lr: float = 2e-4,
+    lora_lr: float = 3e-4,
     patience: int = 5,
     seed: int = 0,
     batch_size: int = 4,
@@ -217,7 +217,7 @@ def finetune_teacher(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.advance(
                 f"{mode} epoch {epoch}/{epochs} loss {np.mean(losses):.3f} best val Dice {best_dice:.3f}"
             )

@@ -92,6 +92,7 @@ def evaluate_run(
     import torch
 
     from edge.outputs import overlay
+    from edge.png import write_png
     from export.checkpoint import load_student_checkpoint
     from samfed.data.io import read_image, read_mask
     from samfed.data.readers import load_dataset
@@ -154,15 +155,11 @@ def evaluate_run(
     )
 
     if preds_global and worst > 0:
-        from PIL import Image
-
         odir = out_dir / "overlays"
         odir.mkdir(exist_ok=True)
         g = [r for r in rows if r["model"] == "global"]
         for rank, i in enumerate(np.argsort([r["dice"] for r in g], kind="stable")[:worst], start=1):
-            a, b = overlay(images[i], masks[i]), overlay(images[i], preds_global[i])
-            canvas = Image.new("RGB", (a.width * 2 + 4, a.height), (255, 255, 255))
-            canvas.paste(a, (0, 0))
-            canvas.paste(b, (a.width + 4, 0))
-            canvas.save(odir / f"{rank:02d}_{ids[i]}_dice{g[i]['dice']:.3f}.png")
+            truth, pred = overlay(images[i], masks[i]), overlay(images[i], preds_global[i])
+            gap = np.full((truth.shape[0], 4, 3), 255, np.uint8)
+            write_png(odir / f"{rank:02d}_{ids[i]}_dice{g[i]['dice']:.3f}.png", np.hstack([truth, gap, pred]))
     return EvalResult(out_dir, summary, rows)

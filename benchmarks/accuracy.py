@@ -93,26 +93,16 @@ def row_config(args, row: str, seed: int):
 
 def ensure_teacher(args, seed: int, say) -> str:
     """Fine-tune the teacher on this seed's D_p once; returns the saved teacher folder."""
-    from samfed.data.partition import make_split
     from samfed.data.readers import load_dataset
     from samfed.train.run_dir import RunDir
-    from samfed.train.runner import prepare_teacher
+    from samfed.train.runner import new_split, prepare_teacher
 
     run = RunDir(args.out / "teachers" / f"seed{seed}")
     if (run.teacher / "teacher.json").is_file():
         return str(run.teacher)
     cfg = row_config(args, "samfed", seed)
     dataset = load_dataset(cfg.data)
-    split = make_split(
-        dataset,
-        clients=cfg.clients,
-        labeled_fraction=cfg.labeled_fraction,
-        scheme=cfg.partition,
-        alpha=cfg.dirichlet_alpha,
-        seed=seed,
-        val_fraction=cfg.val_fraction,
-        test_fraction=cfg.test_fraction,
-    )
+    split = new_split(cfg, dataset)
     run.root.mkdir(parents=True, exist_ok=True)
     split.save(run.split)
     _, info = prepare_teacher(cfg, run, dataset, split, say)

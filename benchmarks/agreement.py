@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     from samfed.preprocess import Preprocessing
     from samfed.teacher import load_teacher
     from samfed.train.run_dir import RunDir
-    from samfed.train.runner import _arrays, compute_maps
+    from samfed.train.runner import compute_maps, split_arrays
 
     torch.set_num_threads(args.threads)
     run = RunDir(args.run)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     per_image_dice = {v: [] for v in AGREEMENTS}
     for k, ids in enumerate(split.clients):
-        data = _arrays(dataset, ids, cfg.image_size, True)
+        data = split_arrays(dataset, ids, cfg.image_size, True)
         s = torch.from_numpy(compute_maps(teacher, dataset, ids, cfg, run))[:, None]
         g = torch.from_numpy(predict_proba(glob, data, prep))[:, None]
         local, _ = load_student_checkpoint(run.client_dir(k))

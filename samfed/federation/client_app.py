@@ -116,7 +116,7 @@ def node_data(node: NodeSettings, size: int):
     decoded exactly as the in-process runner does and cached in work-dir for later rounds."""
     from samfed.data.readers import load_dataset
     from samfed.method.arrays import SegArrays
-    from samfed.train.runner import _arrays
+    from samfed.train.runner import split_arrays
 
     ids = node_ids(node)
     cache = node.work_dir / "data" / f"{_sha(str(node.data_path.resolve()), ids, size)}.npz"
@@ -124,7 +124,7 @@ def node_data(node: NodeSettings, size: int):
         with np.load(cache, allow_pickle=False) as z:
             masks = z["masks"] if "masks" in z.files else None
             return SegArrays(z["images"], masks, [str(i) for i in z["ids"]])
-    data = _arrays(load_dataset(node.data_path), ids, size, need_masks=False)
+    data = split_arrays(load_dataset(node.data_path), ids, size, need_masks=False)
     cache.parent.mkdir(parents=True, exist_ok=True)
     extra = {"masks": data.masks} if data.masks is not None else {}
     tmp = cache.with_name(cache.stem + ".tmp.npz")

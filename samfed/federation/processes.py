@@ -273,21 +273,26 @@ def flwr_env(home: Path) -> dict[str, str]:
     return {"FLWR_HOME": str(home)}
 
 
-def submit_run(
-    app_dir: Path, home: Path, run_config: dict[str, object] | None = None, timeout: float = 120
-) -> int:
-    """`flwr run APP samfed` (run config overrides as key=value) -> the run id."""
-    cmd = [flower_bin("flwr"), "run", str(app_dir), CONNECTION, "--format", "json"]
-    if run_config:
-        cmd += ["--run-config", format_node_config(run_config)]
-    res = subprocess.run(
-        cmd,
+def flwr_cli(args: list[str], home: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run the `flwr` CLI with `args` against this run's Flower home; output captured (no check)."""
+    return subprocess.run(
+        [flower_bin("flwr"), *args],
         capture_output=True,
         text=True,
         env={**os.environ, **flwr_env(home)},
         timeout=timeout,
         check=False,
     )
+
+
+def submit_run(
+    app_dir: Path, home: Path, run_config: dict[str, object] | None = None, timeout: float = 120
+) -> int:
+    """`flwr run APP samfed` (run config overrides as key=value) -> the run id."""
+    args = ["run", str(app_dir), CONNECTION, "--format", "json"]
+    if run_config:
+        args += ["--run-config", format_node_config(run_config)]
+    res = flwr_cli(args, home, timeout)
     try:
         payload = json.loads(res.stdout[res.stdout.index("{") :])
         return int(payload["run-id"])
@@ -298,15 +303,7 @@ def submit_run(
 
 def run_status(run_id: int, home: Path, timeout: float = 60) -> str:
     """'pending' | 'starting' | 'running' | 'finished:completed' | 'finished:failed' | ... ('' if unknown)."""
-    cmd = [flower_bin("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"]
-    res = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **flwr_env(home)},
-        timeout=timeout,
-        check=False,
-    )
+    res = flwr_cli(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], home, timeout)
     try:
         runs = json.loads(res.stdout[res.stdout.index("{") :])["runs"]
         return str(runs[0]["status"]) if runs else ""

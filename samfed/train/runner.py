@@ -116,9 +116,25 @@ def auto_threads(requested: int | None) -> int:
 # ---- data --------------------------------------------------------------------------------------
 
 
+def new_split(cfg: RunConfig, dataset):
+    """The federated split of `dataset` that cfg asks for (deterministic in cfg.seed)."""
+    from samfed.data.partition import make_split
+
+    return make_split(
+        dataset,
+        clients=cfg.clients,
+        labeled_fraction=cfg.labeled_fraction,
+        scheme=cfg.partition,
+        alpha=cfg.dirichlet_alpha,
+        seed=cfg.seed,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+    )
+
+
 def prepare_dataset(cfg: RunConfig, run: RunDir, say):
     """The dataset (writing the synthetic one into run/data when cfg.data is None) and the split."""
-    from samfed.data.partition import Split, make_split
+    from samfed.data.partition import Split
     from samfed.data.readers import load_dataset
 
     if cfg.data is None:
@@ -139,23 +155,14 @@ def prepare_dataset(cfg: RunConfig, run: RunDir, say):
         split = Split.load(run.split)
         split.validate(dataset)
     else:
-        split = make_split(
-            dataset,
-            clients=cfg.clients,
-            labeled_fraction=cfg.labeled_fraction,
-            scheme=cfg.partition,
-            alpha=cfg.dirichlet_alpha,
-            seed=cfg.seed,
-            val_fraction=cfg.val_fraction,
-            test_fraction=cfg.test_fraction,
-        )
+        split = new_split(cfg, dataset)
         split.save(run.split)
     if not split.val:
         raise SamfedError("The split has no validation images; raise the validation fraction or add val.txt.")
     return dataset, split
 
 
-def _arrays(dataset, ids: list[str], size: int, need_masks: bool) -> SegArrays:
+def split_arrays(dataset, ids: list[str], size: int, need_masks: bool) -> SegArrays:
     from samfed.data.dataset import load_arrays
 
     has = all(s.mask is not None for s in dataset.select(ids))
@@ -167,17 +174,20 @@ def _arrays(dataset, ids: list[str], size: int, need_masks: bool) -> SegArrays:
 
 def load_sets(dataset, split, cfg: RunConfig) -> Sets:
     s = cfg.image_size
-    clients = [_arrays(dataset, ids, s, False) for ids in split.clients]
-    test = _arrays(dataset, split.test, s, True) if split.test else None
+    clients = [split_arrays(dataset, ids, s, False) for ids in split.clients]
+    test = split_arrays(dataset, split.test, s, True) if split.test else None
     return Sets(
-        _arrays(dataset, split.server_labeled, s, True), clients, _arrays(dataset, split.val, s, True), test
+        split_arrays(dataset, split.server_labeled, s, True),
+        clients,
+        split_arrays(dataset, split.val, s, True),
+        test,
     )
 
 
 # ---- teacher -----------------------------------------------------------------------------------
 
 
-def _teacher_images(dataset, ids: list[str], teacher) -> list[np.ndarray]:
+def teacher_images(dataset, ids: list[str], teacher) -> list[np.ndarray]:
     """Images as the teacher sees them: decoded at its input size for the stretch convention."""
     if teacher.input.convention == "stretch-unit":
         from samfed.data.dataset import load_arrays
@@ -262,7 +272,7 @@ def compute_maps(
 
         teacher = EmbeddingCachedTeacher(teacher, root / "embeddings")
     masks = None if teacher.prompt != "global-box" else list(prompt_masks)
-    images = _teacher_images(dataset, ids, teacher)
+    images = teacher_images(dataset, ids, teacher)
     return teacher_maps(
         teacher, images, TeacherMapCache(root / "teacher_maps"), cfg.image_size, prompt_masks=masks
     )
@@ -278,7 +288,9 @@ def new_model(arch: str, cfg: RunConfig, *keys) -> nn.Module:
     return create_student(arch, norm=cfg.norm)
 
 
-def _state(round_: int, glob: nn.Module, clients: list[nn.Module], cfg: RunConfig, global_init: dict) -> dict:
+def round_state(
+    round_: int, glob: nn.Module, clients: list[nn.Module], cfg: RunConfig, global_init: dict
+) -> dict:
     return {
         "global_init": global_init,
         "format": torch.tensor(CHECKPOINT_FORMAT),
@@ -412,8 +424,8 @@ def train(
         for k, m in enumerate(clients):
             warmup_client(m, cfg.client_arch(k), glob, sets.labeled, cfg, derive_seed(cfg.seed, "warmup", k))
         run.log({"event": "init", "round": 0, **init_info, "teacher": teacher_info})
-        _log_round(run, 0, glob, clients, sets, prep, {}, {}, 0.0, say)
-        run.save_state(_state(0, glob, clients, cfg, global_init))
+        log_round(run, 0, glob, clients, sets, prep, {}, {}, 0.0, say)
+        run.save_state(round_state(0, glob, clients, cfg, global_init))
 
     _run_rounds(cfg, spec, run, sets, glob, clients, prep, start_round, console, progress, say, global_init)
 
@@ -512,13 +524,13 @@ def _run_rounds(
                 )
                 if progress:
                     bar.advance(task)
-            _log_round(
+            log_round(
                 run, r, glob, clients, sets, prep, agg_metrics, client_metrics, time.perf_counter() - t0, say
             )
-            run.save_state(_state(r, glob, clients, cfg, global_init))
+            run.save_state(round_state(r, glob, clients, cfg, global_init))
 
 
-def _log_round(
+def log_round(
     run: RunDir, r: int, glob, clients, sets: Sets, prep, agg: dict, client_metrics: dict, seconds: float, say
 ) -> None:
     """Validate the global model (and, with heterogeneous students, every client model: with FedAvg a

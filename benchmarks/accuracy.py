@@ -82,6 +82,7 @@ def row_config(args, row: str, seed: int):
         teacher_cache=str(args.cache),
         threads=args.threads,
         teacher_mode=args.teacher_mode,
+        precision=args.precision,
     )
     if args.image_size:
         kw["image_size"] = args.image_size
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         "--cache", type=Path, default=ROOT / "runs" / "bench-cache", help="teacher maps + embeddings"
     )
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="training precision")
     p.add_argument("--verbose", action="store_true", help="progress output of every run")
     args = p.parse_args(argv)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -113,7 +113,9 @@ def fidelity_markdown(name: str, man: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def e2e(model: Path, folder: Path, n: int, threads: int, batch: int, workers: int) -> dict:
+def e2e(
+    model: Path, folder: Path, n: int, threads: int, batch: int, workers: int, overlays: bool = True
+) -> dict:
     """`samfed predict`'s pipeline on the first n images of folder, against the model alone.
 
     The model-alone time (same batches, inputs already decoded and resized) is measured before and
@@ -138,9 +140,15 @@ def e2e(model: Path, folder: Path, n: int, threads: int, batch: int, workers: in
     model_alone()  # warm-up
     before = model_alone()
     with tempfile.TemporaryDirectory() as tmp:
-        rep = run_files(pred, paths, Path(tmp), workers=workers)
+        rep = run_files(pred, paths, Path(tmp), workers=workers, overlays=overlays)
     alone = (before + model_alone()) / 2
-    out = rep.to_dict() | {"artefact": pred.artefact, "threads": threads, "batch": batch, "workers": workers}
+    out = rep.to_dict() | {
+        "artefact": pred.artefact,
+        "threads": threads,
+        "batch": batch,
+        "workers": workers,
+        "overlays": overlays,
+    }
     out["model_alone_s"] = round(alone, 4)
     out["overhead_vs_model_alone"] = round((rep.wall_s - alone) / alone, 3)
     out["model_ms_per_image"] = round(1e3 * alone / len(paths), 2)
@@ -234,16 +242,19 @@ def main() -> None:
         md.append(fidelity_markdown(name, man))
     if args.e2e:
         name, model = next(iter(models.items()))
-        report["e2e"] = e2e(model, args.e2e, args.e2e_n, args.threads[0], args.e2e_batch, args.workers)
-        r = report["e2e"]
-        md.append(
-            f"## End-to-end predict ({name}, {r['artefact']}, {r['processed']} images from {args.e2e})\n\n"
-            f"{r['images_per_s']:.1f} images/s including decode, resize and PNG writing "
-            f"({r['wall_s']:.2f} s wall). Model alone on the same batches: {r['model_alone_s']:.2f} s "
-            f"({r['model_ms_per_image']} ms/image) -> pipeline overhead "
-            f"{r['overhead_vs_model_alone']:.2f}x model time (in-pipeline model time "
-            f"{r['model_s']:.2f} s, overhead {r['overhead_ratio']:.2f}x).\n"
-        )
+        report["e2e"] = []
+        for overlays in (True, False):
+            r = e2e(model, args.e2e, args.e2e_n, args.threads[0], args.e2e_batch, args.workers, overlays)
+            report["e2e"].append(r)
+            md.append(
+                f"## End-to-end predict ({name}, {r['artefact']}, {r['processed']} images from {args.e2e}, "
+                f"overlays {'on' if overlays else 'off'})\n\n"
+                f"{r['images_per_s']:.1f} images/s including decode, resize and PNG writing "
+                f"({r['wall_s']:.2f} s wall). Model alone on the same batches: {r['model_alone_s']:.2f} s "
+                f"({r['model_ms_per_image']} ms/image) -> pipeline overhead "
+                f"{r['overhead_vs_model_alone']:.2f}x model time (in-pipeline model time "
+                f"{r['model_s']:.2f} s, overhead {r['overhead_ratio']:.2f}x).\n"
+            )
 
     summary = Table(title="acceptance ratios: best INT8 at batch 1 (p50)")
     for col in ("run", "best INT8", "p50 ms", "vs torch FP32 (>=2x)", "vs ORT FP32 (>=1.3x)"):

@@ -204,6 +204,26 @@ def test_client_update_deterministic_and_never_reads_client_masks():
     assert not all(torch.equal(s1[k], s3[k]) for k in s1)
 
 
+def test_bf16_client_update_is_deterministic_float32_and_contiguous():
+    cfg = toy_cfg(method="samfed", precision="bf16")
+    labeled, client = toy_set(4, 1), toy_set(6, 2)
+    maps = client.masks.astype(np.float32) * 0.9 + 0.05
+    glob = create_student("unet-s")
+    runs = []
+    for _ in range(2):
+        local = create_student("unet-s")
+        state, _, met = client_update(glob, local, client, maps, labeled, cfg, round=1, seed=3)
+        assert math.isfinite(met["loss"])
+        assert all(p.is_contiguous() for p in local.parameters())  # layout restored after training
+        runs.append(state)
+    assert all(v.dtype != torch.bfloat16 and v.is_contiguous() for v in runs[0].values())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    fp32 = client_update(
+        glob, create_student("unet-s"), client, maps, labeled, toy_cfg(method="samfed"), 1, 3
+    )[0]
+    assert not all(torch.equal(runs[0][k], fp32[k]) for k in fp32)  # bf16 really ran
+
+
 @pytest.mark.parametrize("method", ["samfed-no-sam", "fixmatch", "sam-only"])
 def test_client_update_other_methods_run(method):
     cfg = toy_cfg(method=method)

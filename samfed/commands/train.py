@@ -78,6 +78,9 @@ def train(
     seed: int | None = typer.Option(
         None, help="Seed of the split, initialisation and sampling " + _default("seed")
     ),
+    precision: str | None = typer.Option(
+        None, help="fp32 | bf16 (bfloat16 autocast, 2-3x faster on AMX CPUs) " + _default("precision")
+    ),
     threads: int | None = typer.Option(
         None, min=1, help="torch CPU threads (default: torch's choice, 1 when the machine is already busy)."
     ),
@@ -119,6 +122,7 @@ def train(
         aggregation=aggregation,
         seed=seed,
         threads=threads,
+        precision=precision,
         students=None if students is None else [s.strip() for s in students.split(",") if s.strip()],
     )
     if resume:

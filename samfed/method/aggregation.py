@@ -25,6 +25,7 @@ from samfed.method.arrays import Cycler, SegArrays, generator
 from samfed.method.augment import weak_augment
 from samfed.method.local_update import epoch_steps, make_optimizer, state_copy
 from samfed.method.losses import kd_loss, seg_loss
+from samfed.method.precision import forward, training_layout
 from samfed.preprocess import Preprocessing
 
 
@@ -105,23 +106,24 @@ def aggregate_distill(
     b = min(cfg.batch_size, len(labeled_data))
     steps = epoch_steps(len(labeled_data), b, cfg.distill_epochs)
     cyc = Cycler(len(labeled_data), gen)
-    opt = make_optimizer(global_model, cfg)
     total_kd = total_sup = 0.0
-    for _ in range(steps):
-        x, y = labeled_data.batch(cyc.take(b), prep)
-        if cfg.weak_aug:
-            x, (y,) = weak_augment(x, [y], gen)
-        target = _ensemble_logits(models, x, weights)
-        global_model.train()
-        logits = global_model(x)
-        loss_kd = kd_loss(logits, target, cfg.kd_temperature)
-        loss_sup = seg_loss(logits, y)
-        loss = loss_kd + sup_weight * loss_sup
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total_kd += float(loss_kd.detach())
-        total_sup += float(loss_sup.detach())
+    with training_layout(cfg.precision, global_model):
+        opt = make_optimizer(global_model, cfg)
+        for _ in range(steps):
+            x, y = labeled_data.batch(cyc.take(b), prep)
+            if cfg.weak_aug:
+                x, (y,) = weak_augment(x, [y], gen)
+            target = _ensemble_logits(models, x, weights)
+            global_model.train()
+            logits = forward(global_model, x, cfg.precision)
+            loss_kd = kd_loss(logits, target, cfg.kd_temperature)
+            loss_sup = seg_loss(logits, y)
+            loss = loss_kd + sup_weight * loss_sup
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_kd += float(loss_kd.detach())
+            total_sup += float(loss_sup.detach())
     return state_copy(global_model), {"distill_kd": total_kd / steps, "distill_sup": total_sup / steps}
 
 

@@ -32,6 +32,7 @@ from samfed.method.arrays import Cycler, SegArrays, generator
 from samfed.method.augment import strong_augment, weak_augment
 from samfed.method.losses import kd_loss, seg_loss, sigmoid_rampup
 from samfed.method.methods import method_spec
+from samfed.method.precision import forward, training_layout
 from samfed.preprocess import Preprocessing
 
 
@@ -57,7 +58,7 @@ def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
 
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached CPU clone of a state dict."""
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
 
 
 def _labeled_batch(labeled: SegArrays, idx: torch.Tensor, cfg: RunConfig, prep: Preprocessing, gen):
@@ -80,16 +81,17 @@ def supervised_steps(
     gen = generator(seed, "supervised")
     torch.manual_seed(seed % (2**63))
     cyc = Cycler(len(labeled), gen)
-    opt = make_optimizer(model, cfg)
     model.train()
     total = 0.0
-    for _ in range(steps):
-        x, y = _labeled_batch(labeled, cyc.take(min(cfg.batch_size, len(labeled))), cfg, prep, gen)
-        loss = seg_loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += float(loss.detach())
+    with training_layout(cfg.precision, model):
+        opt = make_optimizer(model, cfg)
+        for _ in range(steps):
+            x, y = _labeled_batch(labeled, cyc.take(min(cfg.batch_size, len(labeled))), cfg, prep, gen)
+            loss = seg_loss(forward(model, x, cfg.precision), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
     return {"loss": total / max(steps, 1), "steps": steps}
 
 
@@ -139,42 +141,48 @@ def client_update(
     b_l = min(cfg.batch_size, len(labeled_data))
     steps = epoch_steps(n_u, b_u, cfg.local_epochs)
     cyc_u, cyc_l = Cycler(n_u, gen), Cycler(len(labeled_data), gen)
-    opt = make_optimizer(local_model, cfg)
     local_model.train()
 
     sums: dict[str, float] = {}
-    for step in range(steps):
-        rp = ramps(cfg, round - 1 + step / steps)
-        xl, yl = _labeled_batch(labeled_data, cyc_l.take(b_l), cfg, prep, gen)
-        iu = cyc_u.take(b_u)
-        xu, gt = client_data.batch(iu, prep)
-        s = None if maps is None else maps[iu, None]
-        if cfg.weak_aug:
-            xu, (s, gt) = weak_augment(xu, [s, gt], gen)
-        xs = strong_augment(xu, gen) if cfg.strong_aug else xu
+    with training_layout(cfg.precision, local_model, frozen_global):
+        opt = make_optimizer(local_model, cfg)
+        for step in range(steps):
+            rp = ramps(cfg, round - 1 + step / steps)
+            xl, yl = _labeled_batch(labeled_data, cyc_l.take(b_l), cfg, prep, gen)
+            iu = cyc_u.take(b_u)
+            xu, gt = client_data.batch(iu, prep)
+            s = None if maps is None else maps[iu, None]
+            if cfg.weak_aug:
+                xu, (s, gt) = weak_augment(xu, [s, gt], gen)
+            xs = strong_augment(xu, gen) if cfg.strong_aug else xu
 
-        logits = local_model(torch.cat([xl, xs]))
-        lg_l, lg_u = logits[: len(xl)], logits[len(xl) :]
-        loss_sup = seg_loss(lg_l, yl)
-        g_logits = None
-        if frozen_global is not None:
-            with torch.no_grad():
-                g_logits = frozen_global(xu)
-        loss_sam = torch.zeros(())
-        stats: dict[str, float] = {}
-        if spec.pseudo is not None:
-            label, weight, src = _pseudo_labels(spec.pseudo, local_model, xu, lg_u, s, g_logits, cfg, rp)
-            loss_sam = seg_loss(lg_u, label, weight)
-            stats = agreement_stats(src, torch.sigmoid(lg_u.detach()), label, weight, gt)
-        loss_kd = kd_loss(lg_u, g_logits, cfg.kd_temperature) if spec.kd else torch.zeros(())
-        loss = loss_sup + rp.lambda_sam * loss_sam + rp.lambda_kd * loss_kd
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        for k, v in {"loss": loss, "loss_sup": loss_sup, "loss_sam": loss_sam, "loss_kd": loss_kd}.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        for k, v in stats.items():
-            sums["n_" + k] = sums.get("n_" + k, 0.0) + v
+            logits = forward(local_model, torch.cat([xl, xs]), cfg.precision)
+            lg_l, lg_u = logits[: len(xl)], logits[len(xl) :]
+            loss_sup = seg_loss(lg_l, yl)
+            g_logits = None
+            if frozen_global is not None:
+                with torch.no_grad():
+                    g_logits = forward(frozen_global, xu, cfg.precision)
+            loss_sam = torch.zeros(())
+            stats: dict[str, float] = {}
+            if spec.pseudo is not None:
+                label, weight, src = _pseudo_labels(spec.pseudo, local_model, xu, lg_u, s, g_logits, cfg, rp)
+                loss_sam = seg_loss(lg_u, label, weight)
+                stats = agreement_stats(src, torch.sigmoid(lg_u.detach()), label, weight, gt)
+            loss_kd = kd_loss(lg_u, g_logits, cfg.kd_temperature) if spec.kd else torch.zeros(())
+            loss = loss_sup + rp.lambda_sam * loss_sam + rp.lambda_kd * loss_kd
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in {
+                "loss": loss,
+                "loss_sup": loss_sup,
+                "loss_sam": loss_sam,
+                "loss_kd": loss_kd,
+            }.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            for k, v in stats.items():
+                sums["n_" + k] = sums.get("n_" + k, 0.0) + v
 
     metrics = {k: sums[k] / steps for k in ("loss", "loss_sup", "loss_sam", "loss_kd")}
     metrics.update(_rates(sums))
@@ -189,7 +197,7 @@ def _pseudo_labels(pseudo, local_model, xu, lg_u, s, g_logits, cfg: RunConfig, r
     if pseudo == "self":
         with torch.no_grad():
             local_model.eval()
-            p = torch.sigmoid(local_model(xu))
+            p = torch.sigmoid(forward(local_model, xu, cfg.precision))
             local_model.train()
         conf = torch.maximum(p, 1 - p)
         return (p > 0.5).float(), (conf >= cfg.fixmatch_threshold).float(), p

@@ -62,6 +62,7 @@ class RunResult:
 def validate_config(cfg: RunConfig) -> None:
     """Raise SamfedError for settings a user can get wrong."""
     from samfed.method.agreement import AGREEMENTS
+    from samfed.method.precision import PRECISIONS
     from samfed.models import STUDENTS, list_students
 
     method_spec(cfg.method)
@@ -83,6 +84,7 @@ def validate_config(cfg: RunConfig) -> None:
             "use --aggregation distill.",
         ),
         (cfg.teacher_mode in ("decoder", "lora", "none"), "The teacher mode must be decoder, lora or none."),
+        (cfg.precision in PRECISIONS, f"The precision must be one of {', '.join(PRECISIONS)}."),
         (cfg.rounds >= 0 and cfg.local_epochs >= 1, "Rounds must be >= 0 and local epochs >= 1."),
         (
             cfg.image_size >= 32 and cfg.image_size % 16 == 0,
@@ -314,6 +316,7 @@ def cached_init_global(glob: nn.Module, labeled: SegArrays, cfg: RunConfig, run:
     key = derive_seed(
         "init_global", cfg.global_arch, cfg.norm, cfg.seed, cfg.server_epochs, cfg.batch_size, cfg.lr,
         cfg.weight_decay, cfg.image_size, cfg.weak_aug, tuple(labeled.ids), torch.get_num_threads(),
+        *((cfg.precision,) if cfg.precision != "fp32" else ()),
     )  # fmt: skip
     path = Path(cfg.teacher_cache) / "global_init" / f"{key:016x}.pt"
     if path.is_file():

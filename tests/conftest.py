@@ -1,4 +1,4 @@
-"""Shared fixtures: small synthetic datasets written once per test session (no ../shared)."""
+"""Fixtures: small synthetic datasets written once per test session (no real data needed)."""
 
 from pathlib import Path
 

@@ -68,6 +68,8 @@ def test_agreement_weighted_needs_global_and_confidence():
         agreement(S, None, L, "weighted")
     with pytest.raises(ValueError):
         agreement(S, G, L, "bogus")
+    lab_o, w_o = agreement(S, G, L, "override", ramp=1.0, tau=0.8)  # weighted's labels, full weight
+    assert torch.equal(lab_o, lab) and torch.equal(w_o, torch.ones_like(S))
 
 
 def test_agreement_stats_counts():

@@ -8,7 +8,7 @@ import torch
 
 from samfed.config import RunConfig
 from samfed.method.aggregation import ClientResult, aggregate, fedavg
-from samfed.method.agreement import agreement, agreement_stats
+from samfed.method.agreement import NEEDS_GLOBAL, agreement, agreement_stats
 from samfed.method.arrays import SegArrays, generator, predict_proba
 from samfed.method.augment import strong_augment, weak_augment
 from samfed.method.local_update import client_update, supervised_steps
@@ -235,6 +235,17 @@ def test_client_update_other_methods_run(method):
     state, n, met = client_update(glob, local, client, maps, labeled, cfg, 1, seed=0)
     assert n == 4 and math.isfinite(met["loss"])
     assert (met["loss_kd"] > 0) == (method == "samfed-no-sam")
+
+
+@pytest.mark.parametrize("variant", NEEDS_GLOBAL)
+def test_no_kd_still_gives_the_agreement_its_global_map(variant):
+    cfg = toy_cfg(method="samfed-no-kd", agreement=variant)
+    labeled, client = toy_set(4, 3), toy_set(4, 4)
+    maps = client.masks.astype(np.float32)
+    _, _, met = client_update(
+        create_student("unet-s"), create_student("unet-s"), client, maps, labeled, cfg, 2, 0
+    )
+    assert math.isfinite(met["loss"]) and met["loss_kd"] == 0
 
 
 def test_heterogeneous_distillation_improves_global_model():

@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 
 AGREEMENTS = ("weighted", "override", "ignore", "vote", "anneal", "naive", "teacher")
+NEEDS_GLOBAL = ("weighted", "override", "vote")  # variants that read the global model's map
 
 
 def confidence(p: torch.Tensor) -> torch.Tensor:

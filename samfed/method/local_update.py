@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from samfed.config import RunConfig
-from samfed.method.agreement import agreement, agreement_stats
+from samfed.method.agreement import NEEDS_GLOBAL, agreement, agreement_stats
 from samfed.method.arrays import Cycler, SegArrays, generator
 from samfed.method.augment import strong_augment, weak_augment
 from samfed.method.losses import kd_loss, seg_loss, sigmoid_rampup
@@ -128,7 +128,7 @@ def client_update(
         local_model.load_state_dict(global_model.state_dict())
     gen = generator(seed, "client_update")
     torch.manual_seed(seed % (2**63))
-    needs_global = spec.kd or (spec.pseudo == "agreement" and cfg.agreement in ("weighted", "vote"))
+    needs_global = spec.kd or (spec.pseudo == "agreement" and cfg.agreement in NEEDS_GLOBAL)
     frozen_global = None
     if needs_global:
         frozen_global = copy.deepcopy(global_model).eval()

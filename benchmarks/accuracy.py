@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from samfed.method.precision import PRECISIONS  # noqa: E402
+
 DEFAULT_ROWS = ",".join(
     ["supervised", "fixmatch", "sam-only", "samfed", "samfed-no-kd", "samfed-no-agreement", "samfed-no-sam"]
     + ["samfed:naive", "centralised"]
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         "--cache", type=Path, default=ROOT / "runs" / "bench-cache", help="teacher maps + embeddings"
     )
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="training precision")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="training precision")
     p.add_argument("--verbose", action="store_true", help="progress output of every run")
     args = p.parse_args(argv)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -20,18 +20,14 @@ PRECISIONS = ("fp32", "bf16")
 @contextmanager
 def training_layout(precision: str, *models: nn.Module | None) -> Iterator[None]:
     """Channels-last weights for the duration of a bf16 training loop, contiguous again afterwards."""
-    fast = precision == "bf16"
-    if fast:
-        for m in models:
-            if m is not None:
-                m.to(memory_format=torch.channels_last)
+    moved = [m for m in models if m is not None] if precision == "bf16" else []
+    for m in moved:
+        m.to(memory_format=torch.channels_last)
     try:
         yield
     finally:
-        if fast:
-            for m in models:
-                if m is not None:
-                    m.to(memory_format=torch.contiguous_format)
+        for m in moved:
+            m.to(memory_format=torch.contiguous_format)
 
 
 def forward(model: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:

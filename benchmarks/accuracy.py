@@ -85,6 +85,8 @@ def row_config(args, row: str, seed: int):
         threads=args.threads,
         teacher_mode=args.teacher_mode,
         precision=args.precision,
+        device=args.device,
+        split=args.split.format(seed=seed) if args.split else None,
     )
     if args.image_size:
         kw["image_size"] = args.image_size
@@ -131,6 +133,48 @@ def run_row(args, row: str, seed: int, teacher_dir: str | None, say) -> dict:
         shutil.rmtree(out.root)  # started but never finished a round: start again
     say(f"--- seed {seed} row {row} -> {out.root}{' (resuming)' if resume else ''}")
     return train(cfg, out.root, resume=resume, progress=args.verbose).summary
+
+
+def _job_init(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _teacher_job(args, seed: int) -> str:
+    return ensure_teacher(args, seed, _stamp)
+
+
+def _row_job(args, row: str, seed: int, teacher_dir: str | None) -> dict:
+    return run_row(args, row, seed, teacher_dir, _stamp)
+
+
+def _stamp(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_parallel(args, rows: list[str], seeds: list[int], needs_teacher: bool, say, done) -> None:
+    """`args.jobs` worker processes (spawned: safe with CUDA): the teachers of all seeds first, then
+    every (row, seed) run, row-major so the first rows of the list finish first for every seed."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        args.jobs, mp_context=ctx, initializer=_job_init, initargs=(args.threads,)
+    ) as pool:
+        teachers = dict.fromkeys(seeds)
+        if needs_teacher:
+            teachers = dict(zip(seeds, pool.map(_teacher_job, [args] * len(seeds), seeds), strict=True))
+        futures = {
+            pool.submit(_row_job, args, row, seed, teachers[seed]): (row, seed)
+            for row in rows
+            for seed in seeds
+        }
+        for fut in as_completed(futures):
+            row, seed = futures[fut]
+            done(row, seed, fut.result())
 
 
 def _ms(values: list[float]) -> tuple[float | None, float | None]:
@@ -183,6 +227,7 @@ def write_outputs(args, rows: list[dict], hardware: str, command: str) -> None:
         f"{args.labeled_fraction}, image size {rows and args.image_size or 'schedule default'}, students "
         f"{args.students}, schedule {args.schedule} {SCHEDULES[args.schedule]}"
         + (f", rounds {args.rounds}" if args.rounds is not None else "")
+        + (f", split files {args.split}" if args.split else "")
         + ".",
         "Scores: global model, validation split, at the working resolution; mean ± std over seeds.",
         f"Hardware: {hardware}.",
@@ -237,6 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="training precision")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    p.add_argument(
+        "--split", default=None, help="split file per seed instead of making one, e.g. splits/seed{seed}.json"
+    )
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel worker processes (e.g. on a GPU)")
     p.add_argument("--verbose", action="store_true", help="progress output of every run")
     args = p.parse_args(argv)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -251,22 +301,26 @@ def main(argv: list[str] | None = None) -> None:
     rows = [r for r in args.rows.split(",") if r]
     seeds = [int(s) for s in args.seeds.split(",") if s]
 
-    def say(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    say = _stamp
 
-    results: dict[str, list[dict]] = {r: [] for r in rows}
-    for seed in seeds:
-        teacher_dir = None
-        for row in rows:
-            if teacher_dir is None and method_spec(parse_row(row)[0]).needs_teacher:
-                teacher_dir = ensure_teacher(args, seed, say)  # once per seed, when first needed
-            summary = run_row(args, row, seed, teacher_dir, say)
-            results[row].append(summary)
-            say(
-                f"seed {seed} {row}: val Dice {summary['val_dice']:.4f}, HD95 {summary['val_hd95']:.1f}, "
-                f"{summary['seconds']:.0f} s"
-            )
-            write_outputs(args, aggregate_rows({k: v for k, v in results.items() if v}), hardware(), command)
+    def done(row: str, seed: int, summary: dict) -> None:
+        results[row][seed] = summary
+        say(
+            f"seed {seed} {row}: val Dice {summary['val_dice']:.4f}, HD95 {summary['val_hd95']:.1f}, "
+            f"{summary['seconds']:.0f} s"
+        )
+        finished = {r: [by_seed[k] for k in seeds if k in by_seed] for r, by_seed in results.items()}
+        write_outputs(args, aggregate_rows({r: v for r, v in finished.items() if v}), hardware(), command)
+
+    results: dict[str, dict[int, dict]] = {r: {} for r in rows}
+    needs_teacher = any(method_spec(parse_row(r)[0]).needs_teacher for r in rows)
+    if args.jobs <= 1:
+        for seed in seeds:
+            teacher_dir = ensure_teacher(args, seed, say) if needs_teacher else None
+            for row in rows:
+                done(row, seed, run_row(args, row, seed, teacher_dir, say))
+    else:
+        run_parallel(args, rows, seeds, needs_teacher, say, done)
     say(f"table: {args.out / 'accuracy.md'}")
 
 

@@ -29,6 +29,7 @@ class RunConfig:
     dirichlet_alpha: float = 0.5
     val_fraction: float = 0.15  # used only when the dataset has no val split
     test_fraction: float = 0.0
+    split: str | None = None  # split file (e.g. from `samfed data split`); None -> made from the above
     image_size: int = 128
     # method
     method: str = "samfed"
@@ -63,6 +64,7 @@ class RunConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     precision: str = "fp32"  # "bf16": bfloat16 autocast + channels-last (2-3x faster on AMX CPUs)
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (CUDA when available)
     # run
     seed: int = 0
     threads: int | None = None

@@ -108,6 +108,42 @@ def test_baselines_and_errors(tmp_path):
         train(tiny(students=["unet-s", "mobile-unet"], aggregation="fedavg"), tmp_path / "y", progress=False)
 
 
+def test_device_setting_errors_and_auto(tmp_path):
+    from samfed.method.device import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(SamfedError, match="Unknown device 'gpu0'"):
+        train(tiny(device="gpu0"), tmp_path / "x", progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(SamfedError, match="no CUDA GPU"):
+            train(tiny(device="cuda"), tmp_path / "y", progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run_is_close_to_cpu(tmp_path):
+    cpu = train(tiny(method="samfed-no-sam", rounds=1), tmp_path / "cpu", progress=False)
+    gpu = train(tiny(method="samfed-no-sam", rounds=1, device="cuda"), tmp_path / "gpu", progress=False)
+    assert gpu.summary["val_dice"] == pytest.approx(cpu.summary["val_dice"], abs=0.05)
+
+
+def test_given_split_file_is_used(tmp_path):
+    from samfed.data.partition import Split
+
+    first = train(tiny(rounds=0), tmp_path / "a", progress=False)
+    split = Split.load(RunDir(first.run_dir).split)
+    split.clients = [split.clients[0] + split.clients[1], split.clients[2]]  # a split of its own
+    split.save(tmp_path / "mine.json")
+    data = str(RunDir(first.run_dir).data)
+    run = train(tiny(rounds=0, data=data, split=str(tmp_path / "mine.json")), tmp_path / "b", progress=False)
+    assert Split.load(RunDir(run.run_dir).split) == split
+    assert len(run.summary["split_sizes"]["clients"]) == 2
+    split.val = ["no-such-image"]
+    split.save(tmp_path / "bad.json")
+    with pytest.raises(SamfedError, match="does not match the dataset"):
+        train(tiny(data=data, split=str(tmp_path / "bad.json")), tmp_path / "c", progress=False)
+
+
 def cli(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=900, cwd=cwd

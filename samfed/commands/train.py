@@ -81,6 +81,12 @@ def train(
     precision: str | None = typer.Option(
         None, help="fp32 | bf16 (bfloat16 autocast, 2-3x faster on AMX CPUs) " + _default("precision")
     ),
+    split: Path | None = typer.Option(
+        None, help="Split file to use (from `samfed data split`); default: made from the partition options."
+    ),
+    device: str | None = typer.Option(
+        None, help="cpu | cuda | cuda:N | auto (CUDA when available) " + _default("device")
+    ),
     threads: int | None = typer.Option(
         None, min=1, help="torch CPU threads (default: torch's choice, 1 when the machine is already busy)."
     ),
@@ -123,6 +129,8 @@ def train(
         seed=seed,
         threads=threads,
         precision=precision,
+        device=device,
+        split=None if split is None else str(split),
         students=None if students is None else [s.strip() for s in students.split(",") if s.strip()],
     )
     if resume:

@@ -23,6 +23,7 @@ from torch import nn
 from samfed.config import RunConfig
 from samfed.method.arrays import Cycler, SegArrays, generator
 from samfed.method.augment import weak_augment
+from samfed.method.device import model_device
 from samfed.method.local_update import epoch_steps, make_optimizer, state_copy
 from samfed.method.losses import kd_loss, seg_loss
 from samfed.method.precision import forward, training_layout
@@ -107,10 +108,11 @@ def aggregate_distill(
     steps = epoch_steps(len(labeled_data), b, cfg.distill_epochs)
     cyc = Cycler(len(labeled_data), gen)
     total_kd = total_sup = 0.0
+    device = model_device(global_model)
     with training_layout(cfg.precision, global_model):
         opt = make_optimizer(global_model, cfg)
         for _ in range(steps):
-            x, y = labeled_data.batch(cyc.take(b), prep)
+            x, y = labeled_data.batch(cyc.take(b), prep, device)
             if cfg.weak_aug:
                 x, (y,) = weak_augment(x, [y], gen)
             target = _ensemble_logits(models, x, weights)

@@ -34,12 +34,16 @@ class SegArrays:
         return SegArrays(self.images[idx], masks, [self.ids[i] for i in idx])
 
     def batch(
-        self, idx: torch.Tensor | np.ndarray, prep: Preprocessing
+        self, idx: torch.Tensor | np.ndarray, prep: Preprocessing, device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, 3, S, S) float32 normalised images and (B, 1, S, S) float32 masks (or None)."""
+        """(B, 3, S, S) float32 normalised images and (B, 1, S, S) float32 masks (or None) on `device`."""
         idx = np.asarray(idx, dtype=np.int64)
-        x = torch.from_numpy(normalize(self.images[idx], prep))
-        y = None if self.masks is None else torch.from_numpy(self.masks[idx, None].astype(np.float32))
+        x = torch.from_numpy(normalize(self.images[idx], prep)).to(device)
+        y = (
+            None
+            if self.masks is None
+            else torch.from_numpy(self.masks[idx, None].astype(np.float32)).to(device)
+        )
         return x, y
 
 
@@ -78,11 +82,14 @@ def predict_proba(
     model: torch.nn.Module, data: SegArrays, prep: Preprocessing, batch_size: int = 16
 ) -> np.ndarray:
     """Foreground probabilities (N, S, S) float32 of `model` in eval mode (mode restored after)."""
+    from samfed.method.device import model_device
+
     was_training = model.training
     model.eval()
+    device = model_device(model)
     out = []
     for start in range(0, len(data), batch_size):
-        x, _ = data.batch(np.arange(start, min(start + batch_size, len(data))), prep)
-        out.append(torch.sigmoid(model(x))[:, 0].numpy())
+        x, _ = data.batch(np.arange(start, min(start + batch_size, len(data))), prep, device)
+        out.append(torch.sigmoid(model(x))[:, 0].float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, prep.size, prep.size), np.float32)

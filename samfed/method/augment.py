@@ -54,7 +54,7 @@ def weak_theta(n: int, gen: torch.Generator, aug: WeakAug = WeakAug()) -> torch.
 
 def apply_theta(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Warp (B, C, H, W) with (B, 2, 3) matrices; reflection padding so borders stay plausible."""
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode=mode, padding_mode="reflection", align_corners=False)
 
 
@@ -84,12 +84,13 @@ def weak_augment(
 def strong_augment(images: torch.Tensor, gen: torch.Generator, aug: StrongAug = StrongAug()) -> torch.Tensor:
     """Colour jitter of ImageNet-normalised images (B, 3, H, W); returns normalised images."""
     n = images.shape[0]
-    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=images.dtype).view(1, 3, 1, 1)
+    dev = images.device
+    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=dev).view(1, 3, 1, 1)
     x = images * std + mean
-    b = _uniform(n, 1 - aug.brightness, 1 + aug.brightness, gen).view(n, 1, 1, 1)
-    c = _uniform(n, 1 - aug.contrast, 1 + aug.contrast, gen).view(n, 1, 1, 1)
-    s = _uniform(n, 1 - aug.saturation, 1 + aug.saturation, gen).view(n, 1, 1, 1)
+    b = _uniform(n, 1 - aug.brightness, 1 + aug.brightness, gen).view(n, 1, 1, 1).to(dev)
+    c = _uniform(n, 1 - aug.contrast, 1 + aug.contrast, gen).view(n, 1, 1, 1).to(dev)
+    s = _uniform(n, 1 - aug.saturation, 1 + aug.saturation, gen).view(n, 1, 1, 1).to(dev)
     x = (x * b).clamp(0, 1)
     grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).to(x.dtype)
     x = ((x - grey.mean(dim=(2, 3), keepdim=True)) * c + grey.mean(dim=(2, 3), keepdim=True)).clamp(0, 1)

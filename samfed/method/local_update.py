@@ -30,6 +30,7 @@ from samfed.config import RunConfig
 from samfed.method.agreement import NEEDS_GLOBAL, agreement, agreement_stats
 from samfed.method.arrays import Cycler, SegArrays, generator
 from samfed.method.augment import strong_augment, weak_augment
+from samfed.method.device import model_device
 from samfed.method.losses import kd_loss, seg_loss, sigmoid_rampup
 from samfed.method.methods import method_spec
 from samfed.method.precision import forward, training_layout
@@ -61,8 +62,8 @@ def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
 
 
-def _labeled_batch(labeled: SegArrays, idx: torch.Tensor, cfg: RunConfig, prep: Preprocessing, gen):
-    x, y = labeled.batch(idx, prep)
+def _labeled_batch(labeled: SegArrays, idx: torch.Tensor, cfg: RunConfig, prep: Preprocessing, gen, device):
+    x, y = labeled.batch(idx, prep, device)
     if cfg.weak_aug:
         x, (y,) = weak_augment(x, [y], gen)
     return x, y
@@ -81,12 +82,14 @@ def supervised_steps(
     gen = generator(seed, "supervised")
     torch.manual_seed(seed % (2**63))
     cyc = Cycler(len(labeled), gen)
+    device = model_device(model)
     model.train()
     total = 0.0
     with training_layout(cfg.precision, model):
         opt = make_optimizer(model, cfg)
         for _ in range(steps):
-            x, y = _labeled_batch(labeled, cyc.take(min(cfg.batch_size, len(labeled))), cfg, prep, gen)
+            idx = cyc.take(min(cfg.batch_size, len(labeled)))
+            x, y = _labeled_batch(labeled, idx, cfg, prep, gen, device)
             loss = seg_loss(forward(model, x, cfg.precision), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -134,7 +137,8 @@ def client_update(
         frozen_global = copy.deepcopy(global_model).eval()
         for p in frozen_global.parameters():
             p.requires_grad_(False)
-    maps = None if teacher_maps is None else torch.from_numpy(np.asarray(teacher_maps, np.float32))
+    device = model_device(local_model)
+    maps = None if teacher_maps is None else torch.from_numpy(np.asarray(teacher_maps, np.float32)).to(device)
 
     n_u = len(client_data)
     b_u = min(cfg.batch_size, n_u)
@@ -148,10 +152,10 @@ def client_update(
         opt = make_optimizer(local_model, cfg)
         for step in range(steps):
             rp = ramps(cfg, round - 1 + step / steps)
-            xl, yl = _labeled_batch(labeled_data, cyc_l.take(b_l), cfg, prep, gen)
+            xl, yl = _labeled_batch(labeled_data, cyc_l.take(b_l), cfg, prep, gen, device)
             iu = cyc_u.take(b_u)
-            xu, gt = client_data.batch(iu, prep)
-            s = None if maps is None else maps[iu, None]
+            xu, gt = client_data.batch(iu, prep, device)
+            s = None if maps is None else maps[iu.to(device), None]
             if cfg.weak_aug:
                 xu, (s, gt) = weak_augment(xu, [s, gt], gen)
             xs = strong_augment(xu, gen) if cfg.strong_aug else xu

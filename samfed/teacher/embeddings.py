@@ -33,8 +33,11 @@ def embed_images(
         if folder is not None:
             files[i] = folder / f"{image_digest(np.asarray(im))}.npy"
             if files[i].is_file():
-                out[i] = torch.from_numpy(np.load(files[i]))
-                continue
+                try:
+                    out[i] = torch.from_numpy(np.load(files[i]))
+                    continue
+                except (OSError, ValueError):
+                    pass  # unreadable entry: recompute and overwrite it
         todo.append(i)
     if todo:
         teacher.eval()
@@ -46,13 +49,23 @@ def embed_images(
             for i, e in zip(idx, emb, strict=True):
                 out[i] = e
                 if folder is not None:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    np.save(files[i], e.numpy())
+                    _save_atomic(files[i], e.numpy())
             if bar is not None:
                 bar[0].advance(bar[1], len(idx))
         if bar is not None:
             bar[0].stop()
     return torch.stack(out)  # type: ignore[arg-type]
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary file + os.replace: concurrent readers never see half a file."""
+    import io
+
+    from samfed.train.run_dir import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _progress(enabled: bool, total: int):

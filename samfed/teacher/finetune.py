@@ -157,7 +157,8 @@ def finetune_teacher(
     spec = teacher.input
     shapes = [tuple(np.asarray(im).shape[:2]) for im in images]
     val_shapes = [tuple(np.asarray(im).shape[:2]) for im in val_images]
-    targets, val_targets = _targets(masks, spec), _targets(val_masks, spec)
+    dev = teacher.device
+    targets, val_targets = _targets(masks, spec).to(dev), _targets(val_masks, spec).to(dev)
     val_boxes = _boxes(prompt, spec, val_masks, val_shapes)
     train_emb = val_emb = None
     if mode == "decoder":
@@ -175,10 +176,10 @@ def finetune_teacher(
             for s in range(0, len(val_images), batch_size):
                 sl = slice(s, s + batch_size)
                 if val_emb is not None:
-                    emb = val_emb[sl].float()
+                    emb = val_emb[sl].float().to(dev)
                 else:
-                    emb = teacher.encode(torch.from_numpy(to_input_batch(val_images[sl], spec)))
-                b = None if val_boxes is None else torch.from_numpy(val_boxes[sl])
+                    emb = teacher.encode(torch.from_numpy(to_input_batch(val_images[sl], spec)).to(dev))
+                b = None if val_boxes is None else torch.from_numpy(val_boxes[sl]).to(dev)
                 scores.append(hard_dice(teacher.decode(emb, b), val_targets[sl]))
         return float(torch.cat(scores).mean())
 
@@ -202,17 +203,17 @@ def finetune_teacher(
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             if mode == "decoder":
-                emb = train_emb[idx].float()
+                emb = train_emb[idx].float().to(dev)
                 tgt = targets[idx]
                 b_masks = [masks[i] for i in idx]
                 b_shapes = [shapes[i] for i in idx]
             else:
                 ims, b_masks = _augment([images[i] for i in idx], [masks[i] for i in idx], rng, augment)
                 b_shapes = [im.shape[:2] for im in ims]
-                tgt = _targets(b_masks, spec)
-                emb = teacher.encode(torch.from_numpy(to_input_batch(ims, spec)))
+                tgt = _targets(b_masks, spec).to(dev)
+                emb = teacher.encode(torch.from_numpy(to_input_batch(ims, spec)).to(dev))
             boxes = _boxes(prompt, spec, b_masks, b_shapes, rng, box_jitter)
-            logits = teacher.decode(emb, None if boxes is None else torch.from_numpy(boxes))
+            logits = teacher.decode(emb, None if boxes is None else torch.from_numpy(boxes).to(dev))
             loss = bce_dice_loss(logits, tgt)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def hardware() -> str:
-    """One line: CPU model, logical cores, torch threads, torch version."""
+    """One line: CPU model, logical cores, torch threads, torch version, GPU (when torch sees one)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -24,6 +24,8 @@ def hardware() -> str:
         import torch
 
         tv = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        if torch.cuda.is_available():
+            tv += f", GPU {torch.cuda.get_device_name(0)}"
     except ImportError:  # pragma: no cover
         tv = "no torch"
     return f"{cpu}, {os.cpu_count()} logical cores, {tv}"

@@ -31,7 +31,8 @@ from samfed.config import RunConfig
 from samfed.errors import SamfedError
 from samfed.method.aggregation import ClientResult, aggregate
 from samfed.method.arrays import SegArrays, concat, derive_seed, predict_proba
-from samfed.method.local_update import client_update
+from samfed.method.device import resolve_device
+from samfed.method.local_update import client_update, state_copy
 from samfed.method.methods import MethodSpec, method_spec
 from samfed.method.server import baseline_round, init_global, warmup_client
 from samfed.preprocess import Preprocessing
@@ -66,6 +67,7 @@ def validate_config(cfg: RunConfig) -> None:
     from samfed.models import STUDENTS, list_students
 
     method_spec(cfg.method)
+    resolve_device(cfg.device)
     for name in [*cfg.students, cfg.global_arch]:
         if name not in STUDENTS:
             raise SamfedError(f"unknown student {name!r}; choose one of: {', '.join(list_students())}.")
@@ -119,9 +121,14 @@ def auto_threads(requested: int | None) -> int:
 
 
 def new_split(cfg: RunConfig, dataset):
-    """The federated split of `dataset` that cfg asks for (deterministic in cfg.seed)."""
-    from samfed.data.partition import make_split
+    """cfg.split loaded and checked against `dataset`, else the split made from cfg's partition
+    settings (deterministic in cfg.seed)."""
+    from samfed.data.partition import Split, make_split
 
+    if cfg.split:
+        split = Split.load(cfg.split)
+        split.validate(dataset)
+        return split
     return make_split(
         dataset,
         clients=cfg.clients,
@@ -207,8 +214,9 @@ def prepare_teacher(cfg: RunConfig, run: RunDir, dataset, split, say) -> tuple[o
     from samfed.teacher.data import holdout, load_pairs
     from samfed.teacher.state import is_teacher_dir
 
+    device = resolve_device(cfg.device)
     if is_teacher_dir(run.teacher):
-        teacher = load_teacher(run.teacher, cfg.teacher_checkpoint)
+        teacher = load_teacher(run.teacher, cfg.teacher_checkpoint).to(device)
         return teacher, {
             "name": teacher.name,
             "mode": "resumed",
@@ -218,6 +226,7 @@ def prepare_teacher(cfg: RunConfig, run: RunDir, dataset, split, say) -> tuple[o
         }
     given_dir = is_teacher_dir(cfg.teacher)
     teacher = load_teacher(cfg.teacher, cfg.teacher_checkpoint, None if given_dir else cfg.teacher_prompt)
+    teacher.to(device)
     info = {
         "name": teacher.name,
         "mode": "given" if given_dir else cfg.teacher_mode,
@@ -284,10 +293,11 @@ def compute_maps(
 
 
 def new_model(arch: str, cfg: RunConfig, *keys) -> nn.Module:
+    """A freshly initialised student on the run's device (seeded by cfg.seed, arch and keys)."""
     torch.manual_seed(derive_seed(cfg.seed, "init", arch, *keys) % (2**63))
     from samfed.models import create_student
 
-    return create_student(arch, norm=cfg.norm)
+    return create_student(arch, norm=cfg.norm).to(resolve_device(cfg.device))
 
 
 def round_state(
@@ -298,8 +308,8 @@ def round_state(
         "format": torch.tensor(CHECKPOINT_FORMAT),
         "round": torch.tensor(round_),
         "seed": torch.tensor(cfg.seed),
-        "global": {k: v.detach().clone() for k, v in glob.state_dict().items()},
-        "clients": [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in clients],
+        "global": state_copy(glob),
+        "clients": [state_copy(m) for m in clients],
         "torch_rng": torch.get_rng_state(),
     }
 
@@ -317,6 +327,7 @@ def cached_init_global(glob: nn.Module, labeled: SegArrays, cfg: RunConfig, run:
         "init_global", cfg.global_arch, cfg.norm, cfg.seed, cfg.server_epochs, cfg.batch_size, cfg.lr,
         cfg.weight_decay, cfg.image_size, cfg.weak_aug, tuple(labeled.ids), torch.get_num_threads(),
         *((cfg.precision,) if cfg.precision != "fp32" else ()),
+        *((resolve_device(cfg.device).type,) if cfg.device != "cpu" else ()),
     )  # fmt: skip
     path = Path(cfg.teacher_cache) / "global_init" / f"{key:016x}.pt"
     if path.is_file():
@@ -352,6 +363,8 @@ def train(
     t_start = time.perf_counter()
     validate_config(cfg)
     torch.set_num_threads(auto_threads(cfg.threads))
+    if resolve_device(cfg.device).type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     spec = method_spec(cfg.method)
     run = RunDir(out)
     if resume:
@@ -414,7 +427,7 @@ def train(
         teacher_info["maps_seconds"] = time.perf_counter() - t0
         say(f"teacher validation Dice {teacher_info['val_dice']:.4f}")
 
-    global_init = {k: v.detach().clone() for k, v in glob.state_dict().items()}
+    global_init = state_copy(glob)
     if resume:
         glob.load_state_dict(state["global"])
         for m, st in zip(clients, state["clients"], strict=True):

@@ -54,6 +54,7 @@ class EmbeddingCachedTeacher(PredictMixin):
         emb = embed_images(self.teacher, list(images), self.cache_dir, batch_size=min(batch_size, 4))
         self.teacher.eval()
         with torch.no_grad():
-            b = None if inboxes is None else torch.from_numpy(np.asarray(inboxes, np.float32))
-            logits = self.teacher.decode(emb.float(), b)
-        return logits[:, 0].float().numpy()
+            dev = self.teacher.device
+            b = None if inboxes is None else torch.from_numpy(np.asarray(inboxes, np.float32)).to(dev)
+            logits = self.teacher.decode(emb.float().to(dev), b)
+        return logits[:, 0].float().cpu().numpy()

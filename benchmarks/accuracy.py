@@ -142,8 +142,25 @@ def _job_init(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _teacher_job(args, seed: int) -> str:
-    return ensure_teacher(args, seed, _stamp)
+def ensure_init(args, seed: int) -> None:
+    """Train the seed's initial global model into the shared cache once, so that rows running in
+    parallel share it (GPU training is not bit-deterministic: separate inits would differ)."""
+    from samfed.data.readers import load_dataset
+    from samfed.train.run_dir import RunDir
+    from samfed.train.runner import cached_init_global, load_sets, new_model, new_split
+
+    cfg = row_config(args, "supervised", seed)
+    dataset = load_dataset(cfg.data)
+    sets = load_sets(dataset, new_split(cfg, dataset), cfg)
+    run = RunDir(args.out / "teachers" / f"seed{seed}")
+    cached_init_global(new_model(cfg.global_arch, cfg, "global"), sets.labeled, cfg, run)
+
+
+def _seed_job(args, seed: int, needs_teacher: bool) -> str | None:
+    """Everything the rows of one seed share: the fine-tuned teacher and the initial global model."""
+    teacher_dir = ensure_teacher(args, seed, _stamp) if needs_teacher else None
+    ensure_init(args, seed)
+    return teacher_dir
 
 
 def _row_job(args, row: str, seed: int, teacher_dir: str | None) -> dict:
@@ -155,8 +172,9 @@ def _stamp(msg: str) -> None:
 
 
 def run_parallel(args, rows: list[str], seeds: list[int], needs_teacher: bool, say, done) -> None:
-    """`args.jobs` worker processes (spawned: safe with CUDA): the teachers of all seeds first, then
-    every (row, seed) run, row-major so the first rows of the list finish first for every seed."""
+    """`args.jobs` worker processes (spawned: safe with CUDA): what the rows of a seed share (teacher,
+    initial global model) first, then every (row, seed) run, row-major so the first rows of the list
+    finish first for every seed."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -164,9 +182,8 @@ def run_parallel(args, rows: list[str], seeds: list[int], needs_teacher: bool, s
     with ProcessPoolExecutor(
         args.jobs, mp_context=ctx, initializer=_job_init, initargs=(args.threads,)
     ) as pool:
-        teachers = dict.fromkeys(seeds)
-        if needs_teacher:
-            teachers = dict(zip(seeds, pool.map(_teacher_job, [args] * len(seeds), seeds), strict=True))
+        n = len(seeds)
+        teachers = dict(zip(seeds, pool.map(_seed_job, [args] * n, seeds, [needs_teacher] * n), strict=True))
         futures = {
             pool.submit(_row_job, args, row, seed, teachers[seed]): (row, seed)
             for row in rows

@@ -267,3 +267,17 @@ def test_heterogeneous_distillation_improves_global_model():
     assert ensemble > 0.5
     assert after > before + 0.1, (before, after, ensemble)
     assert met["distill_kd"] >= 0
+
+
+def test_device_batches_equal_host_batches():
+    """The accelerator path (uint8 set uploaded once, normalised by torch) gives the host batches."""
+    from samfed.method.arrays import SegArrays
+    from samfed.preprocess import Preprocessing
+
+    data = toy_set(5, 7)
+    prep = Preprocessing(size=data.images.shape[1])
+    idx = np.array([3, 0, 3])
+    x, y = data.batch(idx, prep)
+    xd, yd = data._device_batch(idx, prep, torch.device("cpu"))
+    assert torch.allclose(x, xd, atol=1e-6) and torch.equal(y, yd) and xd.is_contiguous()
+    assert SegArrays(data.images, None, data.ids)._device_batch(idx, prep, torch.device("cpu"))[1] is None

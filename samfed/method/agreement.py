@@ -111,18 +111,19 @@ def agreement_stats(
 ) -> dict[str, float]:
     """Sums for logging (divide by ``pixels``/``weight_sum`` later): agreement of teacher and local
     hard labels, pseudo-labels that differ from the teacher, and, with ground truth (B, 1, H, W),
-    accuracy of the teacher, of the pseudo-labels, and of the pseudo-labels weighted by `weight`."""
+    accuracy of the teacher, of the pseudo-labels, and of the pseudo-labels weighted by `weight`.
+    Values are 0-dim float tensors on the inputs' device (summing them needs no host sync)."""
     ht, hl = s > 0.5, l > 0.5
     out = {
-        "pixels": float(s.numel()),
-        "agree": float((ht == hl).sum()),
-        "override": float(((label > 0.5) != ht).sum()),
-        "weight_sum": float(weight.sum()),
+        "pixels": torch.tensor(float(s.numel()), device=s.device),
+        "agree": (ht == hl).sum().float(),
+        "override": ((label > 0.5) != ht).sum().float(),
+        "weight_sum": weight.sum().float(),
     }
     if gt is not None:
         g = gt > 0.5
         correct = (label > 0.5) == g
-        out["teacher_correct"] = float((ht == g).sum())
-        out["pl_correct"] = float(correct.sum())
-        out["pl_correct_weighted"] = float((correct.float() * weight).sum())
+        out["teacher_correct"] = (ht == g).sum().float()
+        out["pl_correct"] = correct.sum().float()
+        out["pl_correct_weighted"] = (correct.float() * weight).sum()
     return out

@@ -9,7 +9,7 @@ single definition of student preprocessing.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ class SegArrays:
     images: np.ndarray
     masks: np.ndarray | None
     ids: list[str]
+    _on_device: dict = field(default_factory=dict, repr=False, compare=False)  # device -> (images, masks)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -33,18 +34,38 @@ class SegArrays:
         masks = None if self.masks is None else self.masks[idx]
         return SegArrays(self.images[idx], masks, [self.ids[i] for i in idx])
 
+    def _device_batch(self, idx: np.ndarray, prep: Preprocessing, device: torch.device):
+        key = str(device)
+        if key not in self._on_device:
+            masks = None if self.masks is None else torch.from_numpy(self.masks).to(device)
+            self._on_device[key] = (torch.from_numpy(self.images).to(device), masks)
+        images, masks = self._on_device[key]
+        i = torch.from_numpy(idx).to(device)
+        y = None if masks is None else masks[i, None].float()
+        return normalize_tensor(images[i], prep), y
+
     def batch(
         self, idx: torch.Tensor | np.ndarray, prep: Preprocessing, device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, 3, S, S) float32 normalised images and (B, 1, S, S) float32 masks (or None) on `device`."""
+        """(B, 3, S, S) float32 normalised images and (B, 1, S, S) float32 masks (or None) on `device`.
+
+        On an accelerator the uint8 set is uploaded once and batches are gathered and normalised
+        there (`normalize_tensor`): no per-step host work or copies."""
         idx = np.asarray(idx, dtype=np.int64)
-        x = torch.from_numpy(normalize(self.images[idx], prep)).to(device)
-        y = (
-            None
-            if self.masks is None
-            else torch.from_numpy(self.masks[idx, None].astype(np.float32)).to(device)
-        )
+        device = torch.device(device)
+        if device.type != "cpu":
+            return self._device_batch(idx, prep, device)
+        x = torch.from_numpy(normalize(self.images[idx], prep))
+        y = None if self.masks is None else torch.from_numpy(self.masks[idx, None].astype(np.float32))
         return x, y
+
+
+def normalize_tensor(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """`samfed.preprocess.normalize` for a uint8 tensor (B, S, S, 3) on any device -> (B, 3, S, S)."""
+    mean = torch.tensor(prep.mean, dtype=torch.float32, device=images.device)
+    std = torch.tensor(prep.std, dtype=torch.float32, device=images.device)
+    x = (images.float() / 255.0 - mean) / std
+    return x.permute(0, 3, 1, 2).contiguous()
 
 
 def concat(parts: list[SegArrays]) -> SegArrays:

@@ -114,9 +114,11 @@ def fidelity_markdown(name: str, man: dict) -> str:
 
 
 def e2e(
-    model: Path, folder: Path, n: int, threads: int, batch: int, workers: int, overlays: bool = True
+    model: Path, folder: Path, n: int, threads: int, batch: int, workers: int, overlay_size: int | None = 512
 ) -> dict:
     """`samfed predict`'s pipeline on the first n images of folder, against the model alone.
+
+    overlay_size: longest side of the overlay previews (0: full size; None: no overlays).
 
     The model-alone time (same batches, inputs already decoded and resized) is measured before and
     after the pipeline run and averaged, so load drift on a shared machine affects both sides alike.
@@ -140,14 +142,17 @@ def e2e(
     model_alone()  # warm-up
     before = model_alone()
     with tempfile.TemporaryDirectory() as tmp:
-        rep = run_files(pred, paths, Path(tmp), workers=workers, overlays=overlays)
+        on = overlay_size is not None
+        rep = run_files(pred, paths, Path(tmp), workers=workers, overlays=on, overlay_size=overlay_size or 0)
     alone = (before + model_alone()) / 2
     out = rep.to_dict() | {
         "artefact": pred.artefact,
         "threads": threads,
         "batch": batch,
         "workers": workers,
-        "overlays": overlays,
+        "overlays": "off"
+        if overlay_size is None
+        else (f"{overlay_size} px" if overlay_size else "full size"),
     }
     out["model_alone_s"] = round(alone, 4)
     out["overhead_vs_model_alone"] = round((rep.wall_s - alone) / alone, 3)
@@ -243,12 +248,12 @@ def main() -> None:
     if args.e2e:
         name, model = next(iter(models.items()))
         report["e2e"] = []
-        for overlays in (True, False):
-            r = e2e(model, args.e2e, args.e2e_n, args.threads[0], args.e2e_batch, args.workers, overlays)
+        for overlay_size in (512, 0, None):  # the default previews, full-size overlays, none
+            r = e2e(model, args.e2e, args.e2e_n, args.threads[0], args.e2e_batch, args.workers, overlay_size)
             report["e2e"].append(r)
             md.append(
                 f"## End-to-end predict ({name}, {r['artefact']}, {r['processed']} images from {args.e2e}, "
-                f"overlays {'on' if overlays else 'off'})\n\n"
+                f"overlays {r['overlays']})\n\n"
                 f"{r['images_per_s']:.1f} images/s including decode, resize and PNG writing "
                 f"({r['wall_s']:.2f} s wall). Model alone on the same batches: {r['model_alone_s']:.2f} s "
                 f"({r['model_ms_per_image']} ms/image) -> pipeline overhead "

@@ -7,6 +7,7 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from edge.png import write_png
 
@@ -74,8 +75,20 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def overlay_png(image: np.ndarray, mask: np.ndarray, path: Path) -> None:
-    write_png(path, overlay(image, mask))
+def preview(image: np.ndarray, mask: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image (H, W, 3) and mask (H, W) scaled so the longest side is at most `max_side` (0: as is)."""
+    h, w = mask.shape
+    if not max_side or max(h, w) <= max_side:
+        return image, mask
+    f = max_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, reducing_gap=2.0))
+    return small, np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+
+
+def overlay_png(image: np.ndarray, mask: np.ndarray, path: Path, max_side: int = 0) -> None:
+    """Overlay PNG, downscaled to `max_side` px on its longest side (0: full size)."""
+    write_png(path, overlay(*preview(image, mask, max_side)))
 
 
 def write_csv(rows: list[Row], path: Path) -> None:

@@ -96,10 +96,12 @@ def run_files(
     out_dir: Path,
     workers: int = 2,
     overlays: bool = True,
+    overlay_size: int = 512,
     on_done: Callable[[str], None] | None = None,
     on_error: Callable[[Path, str], None] | None = None,
 ) -> PipelineReport:
-    """Predict every path; write masks/<id>.png, overlays/<id>.png and predictions.csv under out_dir."""
+    """Predict every path; write masks/<id>.png (original size), overlays/<id>.png (previews whose
+    longest side is at most `overlay_size` px; 0 = original size) and predictions.csv under out_dir."""
     out_dir = Path(out_dir)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     if overlays:
@@ -119,7 +121,7 @@ def run_files(
         pred = predictor.finish(prob, img.shape[:2])
         mask_png(pred.mask, out_dir / "masks" / f"{image_id}.png")
         if overlays:
-            overlay_png(img, pred.mask, out_dir / "overlays" / f"{image_id}.png")
+            overlay_png(img, pred.mask, out_dir / "overlays" / f"{image_id}.png", overlay_size)
         return summarize(image_id, pred.prob, pred.mask)
 
     rows: list[Row] = []

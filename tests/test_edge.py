@@ -19,7 +19,7 @@ from export_helpers import SIZE, tiny_checkpoint
 from PIL import Image
 
 from edge.manifest import load_manifest
-from edge.outputs import CONTOUR, overlay
+from edge.outputs import CONTOUR, overlay, preview
 from edge.png import encode_png
 from edge.predictor import Predictor, sigmoid
 from export.build import export_student
@@ -128,8 +128,9 @@ def test_predict_cli_writes_outputs_and_skips_corrupt(exported, polyp_dir, tmp_p
     imgs = _folder_with_corrupt(polyp_dir, tmp_path / "in")
     out = tmp_path / "out"
     res = run_cli(
-        "predict", str(exported), str(tmp_path / "in"), "--out", str(out), "--batch", "2", "--threads", "1"
-    )
+        "predict", str(exported), str(tmp_path / "in"), "--out", str(out), "--batch", "2", "--threads", "1",
+        "--overlay-size", "64",
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     skipped = [ln for ln in res.stderr.splitlines() if "skipped" in ln]
     assert len(skipped) == 1 and "broken.jpg" in skipped[0]
@@ -141,7 +142,8 @@ def test_predict_cli_writes_outputs_and_skips_corrupt(exported, polyp_dir, tmp_p
         assert mask.shape == (h, w) and (int(row["width"]), int(row["height"])) == (w, h)
         assert int(row["area_px"]) == mask.sum() and abs(float(row["area_fraction"]) - mask.mean()) < 1e-5
         assert 0.5 <= float(row["mean_confidence"]) <= 1.0
-        assert Image.open(out / "overlays" / f"{p.stem}.png").size == (w, h)
+        ow, oh = Image.open(out / "overlays" / f"{p.stem}.png").size  # preview, longest side 64 px
+        assert max(ow, oh) == min(64, max(w, h)) and abs(ow / oh - w / h) < 0.05
     summary = json.loads((out / "predict_summary.json").read_text())
     assert summary["processed"] == 5 and summary["skipped"][0]["path"].endswith("broken.jpg")
 
@@ -215,3 +217,7 @@ def test_png_writer_and_overlay():
     assert (out[10, 10] == CONTOUR).all() and (out[20, 15] != CONTOUR).any()  # ring, tinted inside
     assert not (out[20, 15] == img[20, 15]).all()
     np.testing.assert_array_equal(overlay(img, np.zeros_like(mask)), img)
+    small, small_mask = preview(img, mask, 25)
+    assert small.shape == (20, 25, 3) and small_mask.shape == (20, 25) and small_mask.dtype == bool
+    assert small_mask[5:15, 3:12].all() and not small_mask[:4].any()
+    assert preview(img, mask, 0)[0] is img and preview(img, mask, 50)[1] is mask

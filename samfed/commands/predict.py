@@ -26,6 +26,10 @@ def predict(
     ] = None,
     workers: Annotated[int, typer.Option("--workers", help="Threads for decoding and writing files.")] = 2,
     overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="Write overlay PNGs.")] = True,
+    overlay_size: Annotated[
+        int,
+        typer.Option("--overlay-size", min=0, help="Longest side of overlay previews in px (0: full size)."),
+    ] = 512,
 ) -> None:
     """Segment images with an exported model (torch-free): masks, overlays, CSV.
 
@@ -69,6 +73,7 @@ def predict(
             out,
             workers=workers,
             overlays=overlays,
+            overlay_size=overlay_size,
             on_done=lambda _id: progress.advance(task),
             on_error=lambda path, why: (
                 progress.console.print(f"[yellow]skipped:[/] {why}", highlight=False, soft_wrap=True),

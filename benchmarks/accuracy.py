@@ -10,14 +10,16 @@ embeddings are cached in --cache and shared by all rows and seeds. Every row is 
 interrupted ones resumed, so the benchmark can be stopped and restarted. Writes OUT/accuracy.md,
 OUT/accuracy.json and OUT/accuracy.png (validation Dice, mean and std over seeds).
 
-Rows are method names (see samfed.method.methods), optionally with an agreement variant:
-``samfed:naive`` runs SAM-Fed with ``--agreement naive``.
+Rows are method names (see samfed.method.methods), optionally with an agreement variant and
+RunConfig settings: ``samfed:naive`` runs SAM-Fed with ``--agreement naive``;
+``samfed:override@kd_gate=teacher`` also sets ``kd_gate = "teacher"``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -62,9 +64,23 @@ SCHEDULES = {
 
 
 def parse_row(row: str) -> tuple[str, dict]:
-    """'samfed:naive' -> ('samfed', {'agreement': 'naive'})."""
-    method, _, variant = row.partition(":")
-    return method, ({"agreement": variant} if variant else {})
+    """'samfed:override@kd_gate=teacher,lambda_kd=0.5' -> ('samfed', {'agreement': 'override',
+    'kd_gate': 'teacher', 'lambda_kd': 0.5}): method, optional agreement, optional RunConfig settings
+    (values parsed as the setting's default type)."""
+    from samfed.config import RunConfig
+
+    head, _, settings = row.partition("@")
+    method, _, variant = head.partition(":")
+    extra: dict = {"agreement": variant} if variant else {}
+    defaults = RunConfig()
+    for item in filter(None, settings.split(",")):
+        key, _, value = item.partition("=")
+        if not hasattr(defaults, key):
+            raise SystemExit(f"row {row!r}: unknown setting {key!r}")
+        default = getattr(defaults, key)
+        kind = str if default is None else type(default)
+        extra[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    return method, extra
 
 
 def row_config(args, row: str, seed: int):
@@ -120,7 +136,7 @@ def run_row(args, row: str, seed: int, teacher_dir: str | None, say) -> dict:
     from samfed.train.run_dir import RunDir
     from samfed.train.runner import train
 
-    out = RunDir(args.out / "runs" / f"seed{seed}" / row.replace(":", "-"))
+    out = RunDir(args.out / "runs" / f"seed{seed}" / re.sub(r"[^A-Za-z0-9_.-]+", "-", row))
     if out.summary.is_file() and (out.root / "report.html").is_file():
         return json.loads(out.summary.read_text())
     cfg = row_config(args, row, seed)

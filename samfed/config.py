@@ -44,6 +44,9 @@ class RunConfig:
     lambda_kd: float = 1.0
     rampup_rounds: float = 1.0  # sigmoid ramp-up of lambda_sam and lambda_kd
     kd_temperature: float = 2.0
+    kd_gate: str = (
+        "none"  # none | teacher: global-to-local KD only where the global model agrees with the teacher
+    )
     fixmatch_threshold: float = 0.95
     strong_aug: bool = True
     weak_aug: bool = True

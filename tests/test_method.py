@@ -281,3 +281,15 @@ def test_device_batches_equal_host_batches():
     xd, yd = data._device_batch(idx, prep, torch.device("cpu"))
     assert torch.allclose(x, xd, atol=1e-6) and torch.equal(y, yd) and xd.is_contiguous()
     assert SegArrays(data.images, None, data.ids)._device_batch(idx, prep, torch.device("cpu"))[1] is None
+
+
+def test_kd_weight_and_gate():
+    from samfed.method.local_update import _kd_gate
+
+    z_s, z_g = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    assert torch.allclose(kd_loss(z_s, z_g, 2.0, torch.ones_like(z_s)), kd_loss(z_s, z_g, 2.0))
+    assert kd_loss(z_s, z_g, 2.0, torch.zeros_like(z_s)).item() == 0.0
+    s = torch.tensor([0.9, 0.9, 0.1, 0.1]).view(1, 1, 2, 2)
+    g = torch.tensor([3.0, -3.0, -3.0, 3.0]).view(1, 1, 2, 2)
+    assert _kd_gate(toy_cfg(), s, g) is None  # default: no gate
+    assert _kd_gate(toy_cfg(kd_gate="teacher"), s, g).flatten().tolist() == [1.0, 0.0, 1.0, 0.0]

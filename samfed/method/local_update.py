@@ -176,7 +176,9 @@ def client_update(
                 loss_sam = seg_loss(lg_u, label, weight)
                 stats = agreement_stats(src, torch.sigmoid(lg_u.detach()), label, weight, gt)
             loss_kd = (
-                kd_loss(lg_u, g_logits, cfg.kd_temperature) if spec.kd else torch.zeros((), device=device)
+                kd_loss(lg_u, g_logits, cfg.kd_temperature, _kd_gate(cfg, s, g_logits))
+                if spec.kd
+                else torch.zeros((), device=device)
             )
             loss = loss_sup + rp.lambda_sam * loss_sam + rp.lambda_kd * loss_kd
             opt.zero_grad(set_to_none=True)
@@ -199,6 +201,15 @@ def client_update(
     metrics.update(lambda_sam=last.lambda_sam, lambda_kd=last.lambda_kd, ramp_agree=last.agree)
     metrics.update(steps=steps, seconds=time.perf_counter() - t0)
     return state_copy(local_model), n_u, metrics
+
+
+def _kd_gate(cfg: RunConfig, s: torch.Tensor | None, g_logits: torch.Tensor) -> torch.Tensor | None:
+    """Per-pixel KD weight (B, 1, H, W): 1 where the global model's hard label equals the teacher's
+    (``kd_gate = "teacher"``), so KD adds the global model's soft boundaries without pulling the
+    student towards the global model's mistakes; None (plain mean) otherwise."""
+    if cfg.kd_gate != "teacher" or s is None:
+        return None
+    return ((g_logits > 0) == (s > 0.5)).float()
 
 
 def _pseudo_labels(pseudo, local_model, xu, lg_u, s, g_logits, cfg: RunConfig, rp: Ramps):

@@ -53,16 +53,22 @@ def _two_class_log_probs(logits: torch.Tensor, temperature: float) -> torch.Tens
 
 
 def kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 2.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """T^2 * mean over pixels of KL(teacher_T || student_T) for two-class softened outputs.
 
-    Acts on outputs only, so it works across architectures. teacher_logits carry no gradient.
+    Logits (B, 1, H, W); acts on outputs only, so it works across architectures. teacher_logits
+    carry no gradient. weight (B, 1, H, W) >= 0: weighted mean over pixels instead (0 if all zero).
     """
     log_q = _two_class_log_probs(student_logits, temperature)
     log_p = _two_class_log_probs(teacher_logits.detach(), temperature)
-    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)
-    return kl.mean() * temperature**2
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1, keepdim=True)
+    if weight is None:
+        return kl.mean() * temperature**2
+    return (kl * weight).sum() / weight.sum().clamp_min(1.0) * temperature**2
 
 
 def sigmoid_rampup(current: float, length: float) -> float:

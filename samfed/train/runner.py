@@ -86,6 +86,7 @@ def validate_config(cfg: RunConfig) -> None:
             "use --aggregation distill.",
         ),
         (cfg.teacher_mode in ("decoder", "lora", "none"), "The teacher mode must be decoder, lora or none."),
+        (cfg.kd_gate in ("none", "teacher"), "The KD gate must be none or teacher."),
         (cfg.precision in PRECISIONS, f"The precision must be one of {', '.join(PRECISIONS)}."),
         (cfg.rounds >= 0 and cfg.local_epochs >= 1, "Rounds must be >= 0 and local epochs >= 1."),
         (

@@ -139,13 +139,15 @@ def train(
         saved = RunDir(out).config
         if not saved.is_file():
             raise SamfedError(f"Nothing to resume in {out}: it has no config.toml.")
-        changed = sorted(k for k, v in flags.items() if v is not None and k not in ("rounds", "threads"))
+        changed = sorted(
+            k for k, v in flags.items() if v is not None and k not in ("rounds", "threads", "device")
+        )
         if changed:
             raise SamfedError(
-                f"--resume continues the saved configuration; only --rounds and --threads may change "
-                f"(got --{changed[0].replace('_', '-')})."
+                f"--resume continues the saved configuration; only --rounds, --threads and --device may "
+                f"change (got --{changed[0].replace('_', '-')})."
             )
-        cfg = RunConfig.load(saved).override(rounds=rounds, threads=threads)
+        cfg = RunConfig.load(saved).override(rounds=rounds, threads=threads, device=device)
     else:
         cfg = RunConfig.load(config) if config is not None else RunConfig()
         cfg = cfg.override(**flags)

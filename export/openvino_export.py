@@ -34,7 +34,9 @@ def quantize_ir_int8(
     q = nncf.quantize(
         model,
         dataset,
-        preset=nncf.QuantizationPreset.PERFORMANCE,
+        # MIXED (asymmetric activations): INT8-vs-FP32 mask Dice 0.9890 -> 0.9904 (worst image 0.73 ->
+        # 0.88) on Kvasir val for a 256 px unet-s, for ~10% more latency than PERFORMANCE
+        preset=nncf.QuantizationPreset.MIXED,
         subset_size=max(1, min(subset_size, len(calib))),
         # full bias correction: INT8-vs-FP32 mask Dice 0.934 -> 0.988 on Kvasir val (fast: 0.934)
         fast_bias_correction=False,

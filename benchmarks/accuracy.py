@@ -64,7 +64,7 @@ SCHEDULES = {
 
 
 def parse_row(row: str) -> tuple[str, dict]:
-    """'samfed:override@kd_gate=teacher,lambda_kd=0.5' -> ('samfed', {'agreement': 'override',
+    """'samfed:override@kd_gate=teacher+lambda_kd=0.5' -> ('samfed', {'agreement': 'override',
     'kd_gate': 'teacher', 'lambda_kd': 0.5}): method, optional agreement, optional RunConfig settings
     (values parsed as the setting's default type)."""
     from samfed.config import RunConfig
@@ -73,7 +73,7 @@ def parse_row(row: str) -> tuple[str, dict]:
     method, _, variant = head.partition(":")
     extra: dict = {"agreement": variant} if variant else {}
     defaults = RunConfig()
-    for item in filter(None, settings.split(",")):
+    for item in filter(None, settings.split("+")):  # "," separates rows in --rows
         key, _, value = item.partition("=")
         if not hasattr(defaults, key):
             raise SystemExit(f"row {row!r}: unknown setting {key!r}")

@@ -37,16 +37,14 @@ class RunConfig:
     global_student: str | None = None  # architecture of the global model; default: students[0]
     norm: str = "batch"
     aggregation: str = "auto"  # auto (fedavg if homogeneous else distill) | fedavg | distill
-    agreement: str = "weighted"  # weighted | ignore | vote | anneal | naive | teacher
+    agreement: str = "override"  # override | weighted | ignore | vote | anneal | naive | teacher
     agreement_tau: float = 0.8
     agreement_rampup: float = 2.0  # rounds until the students get their full say
     lambda_sam: float = 1.0
     lambda_kd: float = 1.0
     rampup_rounds: float = 1.0  # sigmoid ramp-up of lambda_sam and lambda_kd
     kd_temperature: float = 2.0
-    kd_gate: str = (
-        "none"  # none | teacher: global-to-local KD only where the global model agrees with the teacher
-    )
+    kd_gate: str = "teacher"  # teacher: KD only where the global model agrees with the teacher | none
     fixmatch_threshold: float = 0.95
     strong_aug: bool = True
     weak_aug: bool = True

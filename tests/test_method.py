@@ -291,5 +291,6 @@ def test_kd_weight_and_gate():
     assert kd_loss(z_s, z_g, 2.0, torch.zeros_like(z_s)).item() == 0.0
     s = torch.tensor([0.9, 0.9, 0.1, 0.1]).view(1, 1, 2, 2)
     g = torch.tensor([3.0, -3.0, -3.0, 3.0]).view(1, 1, 2, 2)
-    assert _kd_gate(toy_cfg(), s, g) is None  # default: no gate
+    assert _kd_gate(toy_cfg(kd_gate="none"), s, g) is None
     assert _kd_gate(toy_cfg(kd_gate="teacher"), s, g).flatten().tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert _kd_gate(toy_cfg(kd_gate="teacher"), None, g) is None  # no teacher (samfed-no-sam): plain KD

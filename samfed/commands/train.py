@@ -72,7 +72,7 @@ def train(
     image_size: int | None = typer.Option(None, help="Working size in pixels " + _default("image_size")),
     batch_size: int | None = typer.Option(None, min=1, help="Images per batch " + _default("batch_size")),
     agreement: str | None = typer.Option(
-        None, help="weighted | override | ignore | vote | anneal | naive | teacher " + _default("agreement")
+        None, help="override | weighted | ignore | vote | anneal | naive | teacher " + _default("agreement")
     ),
     aggregation: str | None = typer.Option(None, help="auto | fedavg | distill " + _default("aggregation")),
     seed: int | None = typer.Option(

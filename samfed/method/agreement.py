@@ -16,15 +16,17 @@ Variants (``AGREEMENTS``):
 - ``anneal``: on disagreement the student's say is its confidence scaled by the ramp r(t) in [0, 1]
   (0 in the first round, 1 after the ramp): e = r * k_L; label = student where e > k_T, else the
   teacher; weight = |e - k_T| / max(e, k_T). With r = 0 this IS the teacher-only rule.
-- ``weighted`` (default): ``anneal`` plus two guards against the student's confident mistakes:
+- ``weighted``: ``anneal`` plus two guards against the student's confident mistakes:
   the local student only speaks where the global model agrees with it (the global model vetoes),
   its confidence is the smaller of the two, k_S = min(k_L, k_G), and it must reach ``tau``. With a
   weak student (global model disagrees, low confidence, early rounds) the rule falls back to
   plain teacher labels, so it cannot be worse than the teacher-only rule by construction of the
   label: the student can only overturn the teacher where two students confidently agree.
-- ``override``: the labels of ``weighted`` with weight 1 everywhere. The Kvasir benchmark showed
+- ``override`` (default): the labels of ``weighted`` with weight 1 everywhere. On Kvasir the
   ``weighted`` labels are slightly *more* accurate than the teacher's, yet students trained on them
-  end lower; this variant tests whether the down-weighting of disagreement pixels is the cause.
+  ended lower: the down-weighted disagreement pixels (mostly lesion borders) carry signal. Keeping
+  full weight scored 0.4-1.3 Dice points above ``weighted`` in every comparison run (CPU, 4-8
+  rounds), and with teacher-gated KD matched plain teacher labels at 16 rounds (0.644 vs 0.642).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from samfed.method.device import model_device
 from samfed.preprocess import Preprocessing, normalize
 
 
@@ -103,8 +104,6 @@ def predict_proba(
     model: torch.nn.Module, data: SegArrays, prep: Preprocessing, batch_size: int = 16
 ) -> np.ndarray:
     """Foreground probabilities (N, S, S) float32 of `model` in eval mode (mode restored after)."""
-    from samfed.method.device import model_device
-
     was_training = model.training
     model.eval()
     device = model_device(model)

@@ -55,8 +55,8 @@ def ramps(cfg: RunConfig, progress: float) -> Ramps:
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     """Adam with the run's learning rate and weight decay (a fresh one per local update); the fused
     CUDA kernel on a GPU (one launch per step instead of several per parameter)."""
-    fused = model_device(model).type == "cuda"
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+    fused = True if model_device(model).type == "cuda" else None  # None: torch's default on a CPU
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:

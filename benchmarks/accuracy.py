@@ -187,7 +187,7 @@ def _stamp(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_parallel(args, rows: list[str], seeds: list[int], needs_teacher: bool, say, done) -> None:
+def run_parallel(args, rows: list[str], seeds: list[int], needs_teacher: bool, done) -> None:
     """`args.jobs` worker processes (spawned: safe with CUDA): what the rows of a seed share (teacher,
     initial global model) first, then every (row, seed) run, row-major so the first rows of the list
     finish first for every seed."""
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
             for row in rows:
                 done(row, seed, run_row(args, row, seed, teacher_dir, say))
     else:
-        run_parallel(args, rows, seeds, needs_teacher, say, done)
+        run_parallel(args, rows, seeds, needs_teacher, done)
     say(f"table: {args.out / 'accuracy.md'}")
 
 

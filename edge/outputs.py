@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from edge.png import write_png
+from samfed.preprocess import resize_mask
 
 TINT = (0, 200, 80)
 CONTOUR = (255, 230, 0)
@@ -83,7 +84,7 @@ def preview(image: np.ndarray, mask: np.ndarray, max_side: int) -> tuple[np.ndar
     f = max_side / max(h, w)
     size = (max(1, round(w * f)), max(1, round(h * f)))
     small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, reducing_gap=2.0))
-    return small, np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    return small, resize_mask(mask, (size[1], size[0]))
 
 
 def overlay_png(image: np.ndarray, mask: np.ndarray, path: Path, max_side: int = 0) -> None:

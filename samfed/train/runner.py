@@ -324,11 +324,12 @@ def cached_init_global(glob: nn.Module, labeled: SegArrays, cfg: RunConfig, run:
         return init_global(glob, labeled, cfg, cfg.seed)
     from samfed.train.run_dir import atomic_write_bytes
 
+    device = resolve_device(cfg.device).type
     key = derive_seed(
         "init_global", cfg.global_arch, cfg.norm, cfg.seed, cfg.server_epochs, cfg.batch_size, cfg.lr,
         cfg.weight_decay, cfg.image_size, cfg.weak_aug, tuple(labeled.ids), torch.get_num_threads(),
         *((cfg.precision,) if cfg.precision != "fp32" else ()),
-        *((resolve_device(cfg.device).type,) if cfg.device != "cpu" else ()),
+        *((device,) if device != "cpu" else ()),
     )  # fmt: skip
     path = Path(cfg.teacher_cache) / "global_init" / f"{key:016x}.pt"
     if path.is_file():

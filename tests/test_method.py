@@ -78,6 +78,13 @@ def test_agreement_stats_counts():
     st = agreement_stats(S, L, lab, w, gt)
     assert st["pixels"] == 4 and st["agree"] == 1 and st["override"] == 1
     assert st["teacher_correct"] == 2 and st["pl_correct"] == 3
+    # one image; teacher mask 1111 vs gt 1010: 2*2/(4+2); pseudo-label 1011 (pixel 1 overridden): 2*2/(3+2)
+    assert st["images"] == 1
+    assert st["teacher_dice"].item() == pytest.approx(4 / 6)
+    assert st["pl_dice"].item() == pytest.approx(4 / 5)
+    empty = torch.zeros(2, 1, 2, 2)  # both empty -> Dice 1 per image (samfed.metrics convention)
+    st0 = agreement_stats(empty, empty, empty, torch.ones_like(empty), empty)
+    assert st0["images"] == 2 and st0["teacher_dice"].item() == pytest.approx(2.0)
 
 
 def test_losses_on_known_inputs():

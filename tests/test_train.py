@@ -180,6 +180,7 @@ def test_cli_train_samfed_with_litemedsam_then_evaluate(tmp_path):
     assert (out / "teacher" / "teacher.json").is_file()
     clients = [r for r in RunDir(out).read_metrics() if r["event"] == "client" and r["round"] == 1]
     assert all(0 <= r["agreement_rate"] <= 1 and 0 <= r["pl_acc"] <= 1 for r in clients)
+    assert all(0 <= r["pl_dice"] <= 1 and 0 <= r["teacher_dice"] <= 1 for r in clients)
     (out / "plots" / "agreement.png").stat()
 
     ev = cli("evaluate", str(out), "--data", str(out / "data"), "--worst", "2")

@@ -115,6 +115,8 @@ def agreement_stats(
     """Sums for logging (divide by ``pixels``/``weight_sum`` later): agreement of teacher and local
     hard labels, pseudo-labels that differ from the teacher, and, with ground truth (B, 1, H, W),
     accuracy of the teacher, of the pseudo-labels, and of the pseudo-labels weighted by `weight`.
+    With ground truth also the summed per-image Dice of the teacher's and the pseudo-labels' masks
+    (``images`` of them; both empty = 1): pixel accuracy hides lesion-level gains on small lesions.
     Values are 0-dim float tensors on the inputs' device (summing them needs no host sync)."""
     ht, hl = s > 0.5, l > 0.5
     out = {
@@ -129,4 +131,14 @@ def agreement_stats(
         out["teacher_correct"] = (ht == g).sum().float()
         out["pl_correct"] = correct.sum().float()
         out["pl_correct_weighted"] = (correct.float() * weight).sum()
+        out["images"] = torch.tensor(float(len(s)), device=s.device)
+        out["teacher_dice"] = _dice_per_image(ht, g).sum()
+        out["pl_dice"] = _dice_per_image(label > 0.5, g).sum()
     return out
+
+
+def _dice_per_image(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) bool masks -> (B,) Dice; 1 where both are empty (samfed.metrics convention)."""
+    inter = (pred & gt).flatten(1).sum(1).float()
+    total = (pred.flatten(1).sum(1) + gt.flatten(1).sum(1)).float()
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))

@@ -230,7 +230,7 @@ def _pseudo_labels(pseudo, local_model, xu, lg_u, s, g_logits, cfg: RunConfig, r
 
 
 def _rates(sums: dict[str, float]) -> dict[str, float]:
-    """Turn summed pixel counts into rates: agreement, overrides, mean weight, accuracies."""
+    """Turn summed counts into rates: agreement, overrides, mean weight, accuracies, mean Dice."""
     px = sums.get("n_pixels", 0.0)
     if px == 0:
         return {}
@@ -243,4 +243,6 @@ def _rates(sums: dict[str, float]) -> dict[str, float]:
         out["teacher_acc"] = sums["n_teacher_correct"] / px
         out["pl_acc"] = sums["n_pl_correct"] / px
         out["pl_acc_weighted"] = sums["n_pl_correct_weighted"] / max(sums["n_weight_sum"], 1e-9)
+        out["teacher_dice"] = sums["n_teacher_dice"] / sums["n_images"]
+        out["pl_dice"] = sums["n_pl_dice"] / sums["n_images"]
     return out

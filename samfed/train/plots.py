@@ -51,29 +51,46 @@ def plot_val_dice(records: list[dict], path: Path, title: str = "") -> Path | No
 
 
 def plot_agreement(records: list[dict], path: Path) -> Path | None:
-    """Per round and client: teacher/local agreement rate, pseudo-label and teacher accuracy."""
-    keys = [
-        ("agreement_rate", "agreement rate", "-"),
-        ("pl_acc", "pseudo-label acc.", "--"),
-        ("teacher_acc", "teacher acc.", ":"),
+    """Per round and client, two panels: pixel rates (teacher/local agreement, pseudo-label and
+    teacher accuracy) and per-image Dice of the pseudo-labels and of the teacher (vs ground truth)."""
+    panels = [
+        (
+            "fraction of unlabeled pixels",
+            [
+                ("agreement_rate", "agreement rate", "-"),
+                ("pl_acc", "pseudo-label acc.", "--"),
+                ("teacher_acc", "teacher acc.", ":"),
+            ],
+        ),
+        (
+            "mean Dice per image",
+            [("pl_dice", "pseudo-label Dice", "--"), ("teacher_dice", "teacher Dice", ":")],
+        ),
     ]
-    data = {k: _by_round(records, "client", k, "client") for k, _, _ in keys}
-    if not any(data.values()):
+    data = {k: _by_round(records, "client", k, "client") for _, keys in panels for k, _, _ in keys}
+    panels = [(y, keys) for y, keys in panels if any(data[k] for k, _, _ in keys)]
+    if not panels:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.6), dpi=110, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for key, label, style in keys:
-        for client, (r, v) in sorted(data[key].items()):
-            ax.plot(
-                r, v, style, marker=".", color=colors[int(client) % len(colors)], label=f"{label} c{client}"
-            )
-    ax.set_xlabel("round")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("fraction of unlabeled pixels")
-    ax.set_title("Agreement and pseudo-label accuracy (vs ground truth)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    for ax, (ylabel, keys) in zip(axes[0], panels, strict=True):
+        for key, label, style in keys:
+            for client, (r, v) in sorted(data[key].items()):
+                ax.plot(
+                    r,
+                    v,
+                    style,
+                    marker=".",
+                    color=colors[int(client) % len(colors)],
+                    label=f"{label} c{client}",
+                )
+        ax.set_xlabel("round")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle("Agreement and pseudo-label quality (vs ground truth)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -46,8 +46,19 @@ def md_table(header: list[str], rows: list[list]) -> str:
 
 
 def round_rows(records: list[dict]) -> tuple[list[str], list[list]]:
-    """Per round: global val Dice/HD95, mean over clients of agreement, pseudo-label/teacher accuracy."""
-    header = ["round", "val Dice", "val HD95", "agreement", "pseudo-label acc.", "teacher acc.", "seconds"]
+    """Per round: global val Dice/HD95, mean over clients of agreement and of pseudo-label/teacher
+    accuracy and Dice (vs ground truth, where it exists)."""
+    header = [
+        "round",
+        "val Dice",
+        "val HD95",
+        "agreement",
+        "pseudo-label acc.",
+        "teacher acc.",
+        "pseudo-label Dice",
+        "teacher Dice",
+        "seconds",
+    ]
     rows = []
     for r in (x for x in records if x.get("event") == "round"):
         clients = [c for c in records if c.get("event") == "client" and c.get("round") == r["round"]]
@@ -64,6 +75,8 @@ def round_rows(records: list[dict]) -> tuple[list[str], list[list]]:
                 mean("agreement_rate"),
                 mean("pl_acc"),
                 mean("teacher_acc"),
+                mean("pl_dice"),
+                mean("teacher_dice"),
                 r.get("seconds"),
             ]
         )

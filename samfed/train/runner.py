@@ -580,13 +580,13 @@ def log_round(
     extra = ""
     recs = list(client_metrics.values())
     agree = [x["agreement_rate"] for x in recs if x.get("agreement_rate") is not None]
-    pl = [x for x in recs if x.get("pl_acc") is not None]
+    pl = [x for x in recs if x.get("pl_dice") is not None]
     if agree:
         extra += f", agreement {np.mean(agree):.3f}"
     if pl:
         extra += (
-            f", pseudo-label acc. {np.mean([x['pl_acc'] for x in pl]):.3f} "
-            f"(source {np.mean([x['teacher_acc'] for x in pl]):.3f})"
+            f", pseudo-label Dice {np.mean([x['pl_dice'] for x in pl]):.3f} "
+            f"(source {np.mean([x['teacher_dice'] for x in pl]):.3f})"
         )
     cl = f" (clients {', '.join(f'{d:.3f}' for d in client_dice)})" if client_dice else ""
     say(f"round {r}: global val Dice {dice:.4f}, HD95 {hd:.1f}{cl}{extra}")

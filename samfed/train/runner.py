@@ -611,6 +611,14 @@ def _score(model, arch: str, name: str, split_name: str, data: SegArrays, prep) 
     }
 
 
+def tail_mean(records: list[dict], key: str, k: int) -> float | None:
+    """Mean of `key` over the last k rounds >= 1 of the round records: the global model's score
+    moves by a few points from round to round under FedAvg, so comparisons of runs are steadier on
+    this than on the last round alone."""
+    vals = [r[key] for r in records if r.get("event") == "round" and r["round"] >= 1 and key in r]
+    return float(np.mean(vals[-k:])) if vals else None
+
+
 def finish(
     cfg, run: RunDir, split, sets: Sets, glob, clients, prep, teacher_info: dict, seconds: float
 ) -> dict:
@@ -655,6 +663,7 @@ def finish(
         "models": models,
         "val_dice": models[0]["dice_mean"],
         "val_hd95": models[0]["hd95_mean"],
+        "val_dice_last5": tail_mean(records, "val_dice", 5),
         "seconds": seconds,
         "hardware": hardware(),
     }

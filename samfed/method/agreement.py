@@ -27,7 +27,8 @@ Variants (``AGREEMENTS``):
   lower: the down-weighted disagreement pixels (mostly lesion borders) carry signal. Full weight
   scored 0.4-1.3 Dice points above ``weighted`` in every comparison run (CPU, 4-8 rounds). With
   teacher-gated KD its labels beat the teacher's by 2-3 Dice points per image late in training,
-  and the global model beat plain teacher labels at 32 rounds (0.740 vs 0.724, 3 seeds, 128 px).
+  and the global model beat plain teacher labels at 32 rounds (0.740 vs 0.724, 3 seeds, 128 px);
+  teacher labels with the same KD tie it (0.741): the better labels have not yet paid by then.
 """
 
 from __future__ import annotations

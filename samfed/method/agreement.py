@@ -133,13 +133,14 @@ def agreement_stats(
         out["pl_correct"] = correct.sum().float()
         out["pl_correct_weighted"] = (correct.float() * weight).sum()
         out["images"] = torch.tensor(float(len(s)), device=s.device)
-        out["teacher_dice"] = _dice_per_image(ht, g).sum()
-        out["pl_dice"] = _dice_per_image(label > 0.5, g).sum()
+        out["teacher_dice"] = mask_dice(ht, g).sum()
+        out["pl_dice"] = mask_dice(label > 0.5, g).sum()
     return out
 
 
-def _dice_per_image(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) bool masks -> (B,) Dice; 1 where both are empty (samfed.metrics convention)."""
+def mask_dice(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """(B, ...) bool masks -> (B,) Dice per image, on their device; 1 where both are empty (the
+    samfed.metrics convention)."""
     inter = (pred & gt).flatten(1).sum(1).float()
     total = (pred.flatten(1).sum(1) + gt.flatten(1).sum(1)).float()
     return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from samfed.method.agreement import mask_dice
 from samfed.teacher.embeddings import embed_images
 from samfed.teacher.lora import LoraConfig, add_lora, has_lora, lora_parameters, parameter_counts
 from samfed.teacher.model import Teacher
@@ -56,10 +57,7 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def hard_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(B, 1, L, L) -> (B,) Dice of (logits > 0) vs target > 0.5; 1 when both are empty."""
-    p = (logits > 0).flatten(1).float()
-    t = (target > 0.5).flatten(1).float()
-    inter, total = (p * t).sum(1), p.sum(1) + t.sum(1)
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+    return mask_dice(logits > 0, target > 0.5)
 
 
 def _boxes(prompt, spec, masks, shapes, rng=None, jitter=0.0) -> np.ndarray | None:

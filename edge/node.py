@@ -10,7 +10,8 @@
   until the estimate fits. The batch actually used is reported; it equals the run's batch size
   unless memory is short (then the node's result differs from a roomier node's).
 - `RoundMeter`: wall time, CPU time and the process's peak resident memory for one round; each
-  round's ClientApp is a fresh process, so the process peak is the round's peak.
+  round's ClientApp is a fresh process, so the process peak is the round's peak. The peak comes
+  from `resource` (POSIX) or psutil's `peak_wset` (Windows); where neither exists it is None.
 - `append_report(path, record)`: one JSON line per round in the node's work folder.
 
 Importing this module does not import torch (functions that need it import it inside).
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import resource
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,9 +121,17 @@ def fit_batch_size(requested: int, per_sample: int, fixed: int, budget: int, fac
     return b
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+def peak_rss_bytes() -> int | None:
+    """Peak resident memory of this process so far, None where the platform does not tell."""
+    try:
+        import resource
+    except ImportError:  # Windows: psutil reports the peak working set instead
+        import psutil
+
+        peak = getattr(psutil.Process().memory_info(), "peak_wset", None)
+        return None if peak is None else int(peak)
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(usage) * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB elsewhere
 
 
 @dataclass
@@ -133,7 +142,7 @@ class RoundReport:
     wall_s: float
     cpu_s: float
     rss_start_mb: float
-    peak_rss_mb: float
+    peak_rss_mb: float | None
     threads: int
     batch_size: int
 
@@ -147,7 +156,8 @@ def rss_bytes() -> int:
 
 class RoundMeter:
     """with RoundMeter() as m: ...; then m.wall_s, m.cpu_s, m.rss_start_mb (resident memory when the
-    round's work began: interpreter, torch, Flower) and m.peak_rss_mb (process peak)."""
+    round's work began: interpreter, torch, Flower) and m.peak_rss_mb (process peak; None where the
+    platform does not report it)."""
 
     def __enter__(self) -> RoundMeter:
         self.rss_start_mb = rss_bytes() / 2**20
@@ -157,7 +167,8 @@ class RoundMeter:
     def __exit__(self, *exc) -> None:
         self.wall_s = time.perf_counter() - self._t0
         self.cpu_s = time.process_time() - self._c0
-        self.peak_rss_mb = peak_rss_bytes() / 2**20
+        peak = peak_rss_bytes()
+        self.peak_rss_mb = None if peak is None else peak / 2**20
 
     def report(self, round: int, threads: int, batch_size: int) -> RoundReport:
         return RoundReport(

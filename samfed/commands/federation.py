@@ -63,6 +63,9 @@ def serve(
     outlier_factor: Annotated[
         float, _opt("Reject updates whose norm ratio exceeds this x the round median.")
     ] = 10.0,
+    max_update_ratio: Annotated[
+        float, _opt("Reject updates whose norm ratio ||w_new - w_sent|| / ||w_sent|| exceeds this (0: off).")
+    ] = 20.0,
     teacher_runtime: Annotated[
         str, _opt("Teacher on the nodes: onnx (exported, torch-free) or torch.")
     ] = "onnx",
@@ -140,7 +143,7 @@ def serve(
         opts = ServerOptions(
             run_dir=str(out), resume=resume, num_nodes=nodes, min_clients=min_clients,
             connect_timeout=connect_timeout, round_timeout=round_timeout, straggler_timeout=straggler_timeout,
-            outlier_factor=outlier_factor, teacher_runtime=teacher_runtime,
+            outlier_factor=outlier_factor, max_update_ratio=max_update_ratio, teacher_runtime=teacher_runtime,
             dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta,
         )  # fmt: skip
         status_file = fed / "status.json"

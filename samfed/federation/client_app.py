@@ -19,12 +19,18 @@ maps once (cached per image, `samfed.teacher.cache`), runs `samfed.method.local_
 — the very function the in-process runner calls — and sends back only the weights and scalar
 metrics (`protocol.reply_content`). Wall time and peak memory of every round are written to
 work-dir/node-report.jsonl and sent as metrics.
+
+Everything the server sends is checked before use (`protocol.train_request`, `check_public`,
+`check_digest`): asset hashes name folders under work-dir/assets/ only as hex digests, and each
+stored asset must hash to its name; weights must fit the architecture they are loaded into.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import time
 import tomllib
 from dataclasses import dataclass
@@ -32,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from edge.node import RoundMeter, append_report, cap_threads
@@ -133,28 +139,43 @@ def node_data(node: NodeSettings, size: int):
     return data
 
 
-def asset_dir(node: NodeSettings, digest: str) -> Path:
-    return node.work_dir / "assets" / digest
+def asset_dir(node: NodeSettings, digest: str, key: str = "asset hash") -> Path:
+    """work-dir/assets/<digest>; SamfedError unless `digest` is a `protocol.asset_digest` string
+    (a server-sent value never names anything else)."""
+    return node.work_dir / "assets" / P.check_digest(digest, key)
 
 
-def has_asset(node: NodeSettings, digest: str) -> bool:
-    return bool(digest) and (asset_dir(node, digest) / ".complete").is_file()
+def has_asset(node: NodeSettings, digest: str, key: str = "asset hash") -> bool:
+    """Whether asset `digest` is stored complete; "" (no such asset) is False."""
+    return bool(digest) and (asset_dir(node, digest, key) / ".complete").is_file()
+
+
+def _check_content(digest: str, actual: str, what: str) -> None:
+    if actual != digest:
+        raise SamfedError(f"The server's {what} does not match its hash {digest} (it hashes to {actual}).")
 
 
 def store_files(node: NodeSettings, digest: str, files: dict[str, bytes]) -> None:
-    """Write a shipped folder (teacher) into work-dir/assets/<digest>/ (marked complete last)."""
-    folder = asset_dir(node, digest)
+    """Write a shipped folder (teacher) into work-dir/assets/<digest>/ (marked complete last).
+
+    SamfedError, before anything is written, unless every name is a plain file name and the files
+    hash to `digest`."""
+    folder = asset_dir(node, digest, "teacher-hash")
+    for name in files:
+        P.check_asset_name(name)
+    _check_content(digest, P.files_digest(files), "teacher files")
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
-        if "/" in name or name.startswith("."):
-            raise SamfedError(f"refusing asset file name {name!r}")
         (folder / name).write_bytes(data)
     (folder / ".complete").write_text(digest)
 
 
 def store_public(node: NodeSettings, digest: str, arrays: dict[str, np.ndarray], ids: list[str]) -> None:
-    """Keep the server's labeled set D_p (public by design) in work-dir/assets/<digest>/."""
-    folder = asset_dir(node, digest)
+    """Keep the server's labeled set D_p (public by design) in work-dir/assets/<digest>/; SamfedError,
+    before anything is written, unless it is well-formed (`protocol.check_public`) and hashes to `digest`."""
+    folder = asset_dir(node, digest, "public-hash")
+    ids = P.check_public(arrays, ids)
+    _check_content(digest, P.public_digest(arrays), "labeled set")
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "public.npz", images=arrays["images"], masks=arrays["masks"], ids=np.asarray(ids))
     (folder / ".complete").write_text(digest)
@@ -164,8 +185,8 @@ def load_public(node: NodeSettings, digest: str):
     """The server's labeled set D_p (SegArrays) stored at setup."""
     from samfed.method.arrays import SegArrays
 
-    path = asset_dir(node, digest) / "public.npz"
-    if not has_asset(node, digest):
+    path = asset_dir(node, digest, "public-hash") / "public.npz"
+    if not has_asset(node, digest, "public-hash"):
         raise SamfedError(
             f"The node has no copy of the server's labeled set {digest}; the setup step failed."
         )
@@ -197,8 +218,8 @@ class CachedMapsTeacher:
 def load_node_teacher(node: NodeSettings, spec: dict[str, Any], threads: int | None):
     """The teacher the server shipped at setup: an exported ONNX folder or a saved torch teacher."""
     kind, ref = str(spec["teacher-kind"]), str(spec["teacher-ref"])
-    folder = asset_dir(node, ref)
-    if not has_asset(node, ref):
+    folder = asset_dir(node, ref, "teacher-ref")
+    if not has_asset(node, ref, "teacher-ref"):
         raise SamfedError(f"The node has no copy of teacher {ref}; the setup step failed.")
     if kind == "torch":
         from samfed.teacher import load_teacher
@@ -241,9 +262,9 @@ def node_teacher_maps(node: NodeSettings, data, spec: dict[str, Any], cfg, globa
         model.load_state_dict(global_init)
         masks = predict_proba(model, data, Preprocessing(size=cfg.image_size)) > 0.5
     try:  # all maps cached (a later run): the teacher's weights are never loaded
-        if spec["teacher-kind"] != "torch" or not has_asset(node, str(spec["teacher-ref"])):
+        if spec["teacher-kind"] != "torch" or not has_asset(node, str(spec["teacher-ref"]), "teacher-ref"):
             raise MapsMissing
-        teacher = CachedMapsTeacher(asset_dir(node, str(spec["teacher-ref"])))
+        teacher = CachedMapsTeacher(asset_dir(node, str(spec["teacher-ref"]), "teacher-ref"))
         maps = compute_maps(teacher, dataset, data.ids, node_cfg, RunDir(node.work_dir), masks)
     except MapsMissing:
         teacher = load_node_teacher(node, spec, threads)
@@ -257,18 +278,56 @@ def _settings(context: Context) -> NodeSettings:
     return NodeSettings.from_node_config(dict(context.node_config))
 
 
+def _config(msg: Message):
+    """The message's config record; SamfedError when it has none."""
+    from flwr.app import ConfigRecord
+
+    cfg = msg.content.get(P.CONFIG)
+    if not isinstance(cfg, ConfigRecord):
+        raise SamfedError("The server's message has no config record.")
+    return cfg
+
+
+def node_run_config(text: str):
+    """The server's RunConfig (TOML text) checked as a local config.toml would be -> RunConfig."""
+    from samfed.config import RunConfig
+    from samfed.train.runner import validate_config
+
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SamfedError(f"The server's run config is not valid TOML ({exc}).") from None
+    cfg = RunConfig.from_dict(raw, source="server run config")
+    validate_config(dataclasses.replace(cfg, device="cpu"))  # the node trains on its CPU
+    return cfg
+
+
+def checked_state(record, model, what: str) -> dict:
+    """Weights from the server (ArrayRecord) that fit `model` (keys, shapes, dtypes, finite values)."""
+    from samfed.federation.validation import check_state
+
+    if not isinstance(record, ArrayRecord):
+        raise SamfedError(f"The server's train message lacks the {what}.")
+    state = P.record_state(record)
+    reason = check_state(state, model.state_dict())
+    if reason is not None:
+        raise SamfedError(f"The server's {what} do not fit the model: {reason}.")
+    return state
+
+
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
     """Identify this node: client number, name, sample count and which assets it already holds."""
     node = _settings(context)
-    cfg = msg.content[P.CONFIG]
-    wanted = [str(cfg.get("public-hash", "")), str(cfg.get("teacher-hash", ""))]
+    cfg = _config(msg)
+    public = P.check_digest(cfg.get("public-hash"), "public-hash")
+    teacher = cfg.get("teacher-hash", "")
     info = {
         **node.identity(),
         "num-samples": len(node_ids(node)),
         "protocol": P.PROTOCOL_VERSION,
-        "has-public": has_asset(node, wanted[0]),
-        "has-teacher": has_asset(node, wanted[1]) if wanted[1] else True,
+        "has-public": has_asset(node, public, "public-hash"),
+        "has-teacher": has_asset(node, teacher, "teacher-hash") if teacher != "" else True,
     }
     return Message(P.reply_content(None, {}, info), reply_to=msg)
 
@@ -277,13 +336,17 @@ def hello(msg: Message, context: Context) -> Message:
 def setup(msg: Message, context: Context) -> Message:
     """Store what the server sent once per node: D_p (public, labeled) and the teacher files."""
     node = _settings(context)
-    cfg = msg.content[P.CONFIG]
+    cfg = _config(msg)
     if P.PUBLIC in msg.content:
-        ids = [str(i) for i in cfg["public-ids"]]
-        store_public(node, str(cfg["public-hash"]), P.record_arrays(msg.content[P.PUBLIC]), ids)
+        if not isinstance(msg.content[P.PUBLIC], ArrayRecord):
+            raise SamfedError("The server's labeled set must be an array record.")
+        arrays = P.record_arrays(msg.content[P.PUBLIC])
+        store_public(node, cfg.get("public-hash"), arrays, cfg.get("public-ids"))
     if P.FILES in msg.content:
-        files = {k: bytes(v) for k, v in msg.content[P.FILES].items()}
-        store_files(node, str(cfg["teacher-hash"]), files)
+        files = msg.content[P.FILES]
+        if not all(isinstance(v, bytes) for v in files.values()):
+            raise SamfedError("The server's teacher files must all be byte strings.")
+        store_files(node, cfg.get("teacher-hash"), {k: bytes(v) for k, v in files.items()})
     return Message(P.reply_content(None, {}, {**node.identity(), "ok": True}), reply_to=msg)
 
 
@@ -307,25 +370,33 @@ def local_round(
     import torch
 
     from edge.node import fit_batch_size, memory_budget, training_bytes_per_sample
-    from samfed.config import RunConfig
     from samfed.method.local_update import client_update
     from samfed.models import create_student
 
-    rnd, seed = int(cfg_rec["round"]), int(cfg_rec["seed"])
-    cfg = RunConfig.from_dict(tomllib.loads(str(cfg_rec["run-config"])), source="server run config")
-    threads = cap_threads(node.threads or cfg.threads)
+    req = P.train_request(cfg_rec)
+    rnd, seed = req.round, req.seed
+    cfg = node_run_config(req.run_config)
+    server_threads = min(cfg.threads, os.cpu_count() or 1) if cfg.threads else None
+    threads = cap_threads(node.threads or server_threads)
     with RoundMeter() as meter:
-        data = node_data(node, cfg.image_size)
-        spec = {k: cfg_rec[k] for k in ("teacher-kind", "teacher-ref") if k in cfg_rec}
-        init = P.record_state(content[P.GLOBAL_INIT]) if P.GLOBAL_INIT in content else None
-        maps = node_teacher_maps(node, data, spec, cfg, init, threads) if spec else None
-        labeled = load_public(node, str(cfg_rec["public-hash"]))
-        global_state = P.record_state(content[P.GLOBAL])
+        labeled = load_public(node, req.public_hash)
+        if labeled.images.shape[1] != cfg.image_size:
+            raise SamfedError(
+                f"The server's image size {cfg.image_size} differs from its labeled set's "
+                f"{labeled.images.shape[1]} px."
+            )
         global_model = create_student(cfg.global_arch, norm=cfg.norm)
+        global_state = checked_state(content.get(P.GLOBAL), global_model, "global weights")
         global_model.load_state_dict(global_state)
-        local_model = create_student(str(cfg_rec["arch"]), norm=cfg.norm)
+        local_model = create_student(req.arch, norm=cfg.norm)
         if P.LOCAL in content:
-            local_model.load_state_dict(P.record_state(content[P.LOCAL]))
+            local_model.load_state_dict(checked_state(content[P.LOCAL], local_model, "local weights"))
+        init = None
+        if P.GLOBAL_INIT in content:
+            init = checked_state(content[P.GLOBAL_INIT], global_model, "initial global weights")
+        data = node_data(node, cfg.image_size)
+        spec = req.teacher_spec
+        maps = node_teacher_maps(node, data, spec, cfg, init, threads) if spec else None
         per_sample, fixed = training_bytes_per_sample(local_model, cfg.image_size)
         batch = fit_batch_size(cfg.batch_size, per_sample, fixed, memory_budget(node.memory_mb))
         run_cfg = cfg if batch == cfg.batch_size else cfg.override(batch_size=batch)
@@ -333,7 +404,7 @@ def local_round(
         state, n, metrics = client_update(
             global_model, local_model, data, maps, labeled, run_cfg, round=rnd, seed=seed
         )
-        clip = float(cfg_rec.get("dp-clip", 0.0))
+        clip = req.dp_clip
         if clip > 0:
             from samfed.federation.dp import clip_update
 

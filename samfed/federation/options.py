@@ -7,8 +7,11 @@ The SAM-Fed method settings themselves are the run directory's config.toml (`Run
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
+
+from samfed.errors import SamfedError
 
 
 @dataclass(frozen=True)
@@ -22,13 +25,23 @@ class ServerOptions:
     connect_timeout: float = 600.0  # seconds to wait for num_nodes (then go on with >= min_clients)
     round_timeout: float = 3600.0  # hard limit for one round's replies
     straggler_timeout: float = 300.0  # once min_clients answered, wait this long for the others
-    outlier_factor: float = 10.0  # reject update norm ratios above factor x round median (>= 3 clients)
-    max_update_ratio: float = 0.0  # reject update norm ratios above this (0: off)
+    # reject update norm ratios above factor x the round median (>= 3 updates) or, with fewer, x the
+    # previous round's median
+    outlier_factor: float = 10.0
+    # reject update norm ratios ||w_new - w_sent|| / ||w_sent|| above this, any client count (0: off);
+    # local updates stay near 0.1 at lr 1e-3 and below about 10 even at lr 1e-2 with BatchNorm
+    max_update_ratio: float = 20.0
     teacher_runtime: str = "onnx"  # what nodes run the teacher with: onnx (exported) | torch
     dp_clip: float = 0.0  # client-level DP: clip norm C of each update (0: DP off)
     dp_noise: float = 0.0  # noise multiplier sigma (noise std sigma * C on the sum)
     dp_delta: float = 1e-5  # delta of the reported (epsilon, delta)
     poll_interval: float = 0.5  # seconds between pulls of replies
+
+    def __post_init__(self) -> None:
+        for name in ("outlier_factor", "max_update_ratio"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise SamfedError(f"{self.key(name)} must be a finite number >= 0 (0: off), got {v}.")
 
     @staticmethod
     def key(name: str) -> str:

@@ -13,21 +13,189 @@ Node -> server replies may hold exactly the records of `REPLY_RECORDS`: an Array
 are the model's state dict, a MetricRecord of scalars and a ConfigRecord of scalars (ids, names).
 `check_reply` enforces that on the server (anything else is rejected); `reply_content` builds it
 on the node and refuses non-scalar values, so images, masks and teacher maps cannot leave a node.
+
+Each side treats what the other sends as untrusted input: the node accepts asset hashes only as
+`asset_digest` hex strings (they name folders under its assets/), asset file names only as plain
+names, and checks every config value it uses (`train_request`, `check_public`); the server checks
+a node's hello (`read_hello`) and every reply (`check_reply`, `samfed.federation.validation`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from samfed.errors import SamfedError
 
 PROTOCOL_VERSION = 1
 CONFIG, INFO, METRICS, STATE = "config", "info", "metrics", "state"
 GLOBAL, GLOBAL_INIT, LOCAL, PUBLIC, FILES = "global", "global-init", "local", "public", "files"
 REPLY_RECORDS = {STATE: ArrayRecord, METRICS: MetricRecord, INFO: ConfigRecord}
 SCALARS = (int, float, bool, str)
+DIGEST_CHARS = 32  # hex characters of an `asset_digest`
+MAX_SAMPLES = 10_000_000  # most images one site may announce
+TEACHER_KINDS = ("onnx", "torch")
+_DIGEST = re.compile(f"[0-9a-f]{{{DIGEST_CHARS}}}")
+_ASSET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_NODE_NAME = re.compile(r"\w[\w .@+-]{0,63}")
+
+
+def asset_digest(*parts: bytes) -> str:
+    """The name of an asset (D_p, a teacher folder): sha256 over the parts' sha256 digests, as
+    `DIGEST_CHARS` lowercase hex characters."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(hashlib.sha256(p).digest())
+    return h.hexdigest()[:DIGEST_CHARS]
+
+
+def files_digest(files: Mapping[str, bytes]) -> str:
+    """The asset digest of a flat folder (a teacher): over (name, bytes) in name order."""
+    return asset_digest(*[n.encode() + b"\0" + files[n] for n in sorted(files)])
+
+
+def public_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """The asset digest of the labeled set D_p: over its uint8 images and masks arrays."""
+    return asset_digest(arrays["images"].tobytes(), arrays["masks"].tobytes())
+
+
+def check_digest(value: object, key: str) -> str:
+    """`value` if it is an `asset_digest` string (it becomes a folder name), else SamfedError."""
+    if isinstance(value, str) and _DIGEST.fullmatch(value):
+        return value
+    raise SamfedError(
+        f"The server sent an invalid {key} {str(value)[:80]!r}: expected {DIGEST_CHARS} lowercase hex "
+        "characters (a content digest)."
+    )
+
+
+def check_asset_name(name: object) -> str:
+    """`name` if it is a plain file name (letters, digits, `_.-`, no leading dot), else SamfedError."""
+    if isinstance(name, str) and _ASSET_NAME.fullmatch(name) and ".." not in name:
+        return name
+    raise SamfedError(
+        f"The server sent an asset file named {str(name)[:80]!r}: expected a plain file name "
+        "(letters, digits, '_', '.', '-'; no folders, no leading dot)."
+    )
+
+
+def config_int(cfg: Mapping[str, Any], key: str, lo: int, hi: int) -> int:
+    """cfg[key] as an int in lo..hi (bools and floats refused), else SamfedError."""
+    v = cfg.get(key)
+    if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
+        return v
+    raise SamfedError(f"The server sent {key} = {str(v)[:80]!r}: expected a whole number from {lo} to {hi}.")
+
+
+def config_float(cfg: Mapping[str, Any], key: str, lo: float, hi: float = math.inf) -> float:
+    """cfg[key] as a finite float in [lo, hi] (ints accepted), else SamfedError."""
+    v = cfg.get(key)
+    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi:
+        return float(v)
+    raise SamfedError(
+        f"The server sent {key} = {str(v)[:80]!r}: expected a finite number from {lo:g} to {hi:g}."
+    )
+
+
+def config_str(cfg: Mapping[str, Any], key: str, choices: tuple[str, ...] | None = None) -> str:
+    """cfg[key] as a str (one of `choices` when given), else SamfedError."""
+    v = cfg.get(key)
+    if isinstance(v, str) and (choices is None or v in choices):
+        return v
+    expected = "one of " + ", ".join(choices) if choices else "a string"
+    raise SamfedError(f"The server sent {key} = {str(v)[:80]!r}: expected {expected}.")
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """The checked config record of a train message."""
+
+    round: int
+    seed: int
+    run_config: str  # RunConfig as TOML
+    arch: str
+    public_hash: str
+    dp_clip: float
+    teacher_kind: str | None = None
+    teacher_ref: str | None = None
+
+    @property
+    def teacher_spec(self) -> dict[str, str]:
+        """{teacher-kind, teacher-ref} when the method uses a teacher, else {}."""
+        if self.teacher_kind is None:
+            return {}
+        return {"teacher-kind": self.teacher_kind, "teacher-ref": str(self.teacher_ref)}
+
+
+def train_request(cfg: Mapping[str, Any]) -> TrainRequest:
+    """Check a train message's config record (types, ranges, digests) -> TrainRequest; SamfedError
+    naming the first bad value. The teacher keys come both or neither."""
+    has_teacher = "teacher-kind" in cfg or "teacher-ref" in cfg
+    return TrainRequest(
+        round=config_int(cfg, "round", 1, 10**6),
+        seed=config_int(cfg, "seed", 0, 2**63 - 1),
+        run_config=config_str(cfg, "run-config"),
+        arch=config_str(cfg, "arch"),
+        public_hash=check_digest(cfg.get("public-hash"), "public-hash"),
+        dp_clip=config_float(cfg, "dp-clip", 0.0),
+        teacher_kind=config_str(cfg, "teacher-kind", TEACHER_KINDS) if has_teacher else None,
+        teacher_ref=check_digest(cfg.get("teacher-ref"), "teacher-ref") if has_teacher else None,
+    )
+
+
+def check_public(arrays: Mapping[str, np.ndarray], ids: object) -> list[str]:
+    """Check the server's labeled set D_p as sent at setup -> its ids; SamfedError unless images are
+    (N, S, S, 3) uint8, masks (N, S, S) of 0/1 and ids N distinct strings, N >= 1."""
+    images, masks = arrays.get("images"), arrays.get("masks")
+    if not isinstance(images, np.ndarray) or not isinstance(masks, np.ndarray):
+        raise SamfedError("The server's labeled set lacks its images or masks array.")
+    n = images.shape[0] if images.ndim == 4 else 0
+    if n < 1 or images.dtype != np.uint8 or images.shape[1] != images.shape[2] or images.shape[3] != 3:
+        raise SamfedError(
+            f"The server's labeled images have shape {images.shape} ({images.dtype}): "
+            "expected (N, S, S, 3) uint8."
+        )
+    if masks.shape != images.shape[:3] or masks.dtype != np.uint8 or int(masks.max(initial=0)) > 1:
+        raise SamfedError(
+            f"The server's labeled masks have shape {masks.shape} ({masks.dtype}): expected "
+            f"{images.shape[:3]} uint8 of 0/1."
+        )
+    if not isinstance(ids, list | tuple) or not all(isinstance(i, str) for i in ids):
+        raise SamfedError("The server's labeled-set ids (public-ids) must be a list of strings.")
+    if len(ids) != n or len(set(ids)) != n:
+        raise SamfedError(f"The server sent {len(ids)} labeled-set ids for {n} images (or duplicates).")
+    return list(ids)
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """What a node says about itself in its hello reply (checked by `read_hello`)."""
+
+    k: int
+    name: str
+    num_samples: int
+
+
+def read_hello(info: Mapping[str, Any], clients: int) -> NodeIdentity:
+    """A hello reply's info record -> NodeIdentity; ValueError(reason) unless partition-id is an int in
+    0..clients-1, name a short plain name (no markup) and num-samples an int in 1..MAX_SAMPLES."""
+    k, name, n = info.get("partition-id"), info.get("name"), info.get("num-samples")
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < clients:
+        raise ValueError(f"partition-id {str(k)[:40]!r} is not a client number 0..{clients - 1}")
+    if not isinstance(name, str) or not _NODE_NAME.fullmatch(name):
+        raise ValueError(
+            f"name {str(name)[:40]!r} is not a plain name (1-64 letters, digits, spaces or _.@+-)"
+        )
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SAMPLES:
+        raise ValueError(f"num-samples {str(n)[:40]!r} is not a whole number from 1 to {MAX_SAMPLES}")
+    return NodeIdentity(k, name, n)
 
 
 def state_record(state: Mapping[str, Any]) -> ArrayRecord:

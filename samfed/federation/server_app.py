@@ -12,7 +12,8 @@ warm-up), then per round
 3. replies are collected until all answered, or `straggler_timeout` after `min_clients` answered,
    or `round_timeout`; Flower reports a node that stops sending heartbeats as unavailable;
 4. each reply is checked (only weights + scalars, the model's keys and shapes, finite values,
-   update norm vs the round median); bad ones are rejected and logged;
+   update norm vs the round median or, below 3 updates, the previous round's, and an absolute
+   bound; a sample count within what the node announced); bad ones are rejected and logged;
 5. with >= `min_clients` valid updates the round closes with them (sorted by client number, as
    in-process) through `samfed.method.aggregation.aggregate` (or the DP noisy mean), the global
    model is validated and the round record names who answered, who was missing and why;
@@ -24,7 +25,6 @@ Replies' structure (record names, array keys and shapes, value types) is logged 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from rich.markup import escape
 
 from samfed.errors import SamfedError
 from samfed.federation import protocol as P
@@ -71,13 +72,7 @@ class RoundOutcome:
     answered: list[int] = field(default_factory=list)
     missing: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
-
-
-def _digest(*parts: bytes) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(hashlib.sha256(p).digest())
-    return h.hexdigest()[:32]
+    ratios: dict[str, float] = field(default_factory=dict)  # accepted updates' norm ratios by client
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
@@ -162,7 +157,7 @@ class FederatedRun:
         self.split = split
         self.sets = server_sets(dataset, split, cfg)
         self.public = {"images": self.sets.labeled.images, "masks": self.sets.labeled.masks.astype(np.uint8)}
-        self.public_hash = _digest(self.public["images"].tobytes(), self.public["masks"].tobytes())
+        self.public_hash = P.public_digest(self.public)
 
         # the in-process runner's order: models, init (or resume), teacher, warm-up (or resume)
         self.glob = new_model(cfg.global_arch, cfg, "global")
@@ -250,8 +245,7 @@ class FederatedRun:
         else:
             raise SamfedError(f"Unknown teacher runtime {self.opts.teacher_runtime!r}; choose onnx or torch.")
         self.teacher_files = folder_files(folder)
-        digest = _digest(*[n.encode() + b"\0" + d for n, d in self.teacher_files.items()])
-        self.teacher_spec = {"teacher-kind": kind, "teacher-ref": digest}
+        self.teacher_spec = {"teacher-kind": kind, "teacher-ref": P.files_digest(self.teacher_files)}
 
     # -- nodes -----------------------------------------------------------------------------------
     def online_node_ids(self) -> set[int]:
@@ -298,7 +292,7 @@ class FederatedRun:
         for node_id, reason in failures.items():
             if not reason.startswith("no reply"):  # its ClientApp failed (bad data folder, ...)
                 self.refused.add(node_id)
-            self.say(f"[yellow]node {node_id} did not answer hello[/]: {reason}")
+            self.say(f"[yellow]node {node_id} did not answer hello[/]: {escape(reason)}")
         needs_setup: list[Client] = []
         for node_id, msg in replies.items():
             client = self.admit(node_id, msg)
@@ -314,23 +308,26 @@ class FederatedRun:
             self.setup(needs_setup)
 
     def admit(self, node_id: int, msg: Message) -> Client | None:
-        reason = P.check_reply(msg.content, None)
-        info = msg.content.get(P.INFO)
-        if reason is None and info is None:
-            reason = "no info record"
+        """The hello reply's site as a known Client, or None (refused, logged) when the reply or its
+        identity is malformed (`protocol.read_hello`) or its partition-id is taken."""
+        reason, ident = P.check_reply(msg.content, None), None
         if reason is None:
-            k = int(info["partition-id"])
-            if not 0 <= k < self.cfg.clients:
-                reason = f"partition-id {k} is outside 0..{self.cfg.clients - 1}"
-            elif k in self.clients_by_k and self.clients_by_k[k].node_id in self.online_node_ids():
-                reason = f"partition-id {k} is already taken by node {self.clients_by_k[k].node_id}"
-        if reason is not None:
+            try:
+                ident = P.read_hello(msg.content.get(P.INFO) or {}, self.cfg.clients)
+            except ValueError as exc:
+                reason = str(exc)
+        if ident is not None and ident.k in self.clients_by_k:
+            taken = self.clients_by_k[ident.k].node_id
+            if taken in self.online_node_ids():
+                reason = f"partition-id {ident.k} is already taken by node {taken}"
+        if reason is not None or ident is None:
             if "already taken" not in reason:  # a duplicate may be a restarted site: ask again later
                 self.refused.add(node_id)
-            self.say(f"[yellow]node {node_id} refused[/]: {reason}")
+            self.say(f"[yellow]node {node_id} refused[/]: {escape(reason)}")
             self.log_message("hello-refused", 0, None, node_id, None, reason)
             return None
-        client = Client(k, str(info["name"]), node_id, int(info["num-samples"]))
+        k = ident.k
+        client = Client(k, ident.name, node_id, ident.num_samples)
         self.clients_by_k[k] = client
         self.say(f"node {node_id} is client {k} ({client.name}, {client.num_samples} images)")
         return client
@@ -354,7 +351,8 @@ class FederatedRun:
             if c.node_id in replies:
                 c.ready = True
             else:
-                self.say(f"[yellow]setup of client {c.k} ({c.name}) failed[/]: {failures.get(c.node_id)}")
+                reason = escape(str(failures.get(c.node_id)))
+                self.say(f"[yellow]setup of client {c.k} ({c.name}) failed[/]: {reason}")
 
     # -- messaging -------------------------------------------------------------------------------
     def exchange(
@@ -445,7 +443,7 @@ class FederatedRun:
         return content
 
     def one_round(self, r: int) -> None:
-        from samfed.federation.validation import validate_updates
+        from samfed.federation.validation import check_num_samples, reference_ratio, validate_updates
         from samfed.method.aggregation import ClientResult, aggregate
         from samfed.method.arrays import derive_seed
         from samfed.train.runner import log_round
@@ -496,9 +494,11 @@ class FederatedRun:
             expected = {k: tuple(v.shape) for k, v in sent[c.k].items()}
             reason = P.check_reply(content, expected)
             if reason is None:
-                reported = int(content[P.INFO]["partition-id"]) if P.INFO in content else -1
-                if reported != c.k:
-                    reason = f"reply claims partition-id {reported}"
+                reported = content[P.INFO].get("partition-id") if P.INFO in content else None
+                if type(reported) is not int or reported != c.k:
+                    reason = f"reply claims partition-id {str(reported)[:40]!r}"
+            if reason is None and P.METRICS in content and "num_samples" in content[P.METRICS]:
+                reason = check_num_samples(content[P.METRICS]["num_samples"], c.num_samples)
             if reason is not None:
                 out.rejected.append({"client": c.k, "name": c.name, "reason": reason})
                 continue
@@ -509,15 +509,17 @@ class FederatedRun:
             {str(k): sent[k] for k in map(int, updates)},
             opts.outlier_factor,
             opts.max_update_ratio or None,
+            reference_ratio(self.history),
         )
         for rej in rejections:
             c = self.clients_by_k[int(rej.client)]
             out.rejected.append({"client": c.k, "name": c.name, "reason": rej.reason})
         for rej in out.rejected:
             who = f"client {rej['client']} ({rej['name']})"
-            self.say(f"[yellow]round {r}: update of {who} rejected[/]: {rej['reason']}")
+            self.say(f"[yellow]round {r}: update of {who} rejected[/]: {escape(rej['reason'])}")
         for m in out.missing:
-            self.say(f"[yellow]round {r}: client {m['client']} ({m['name']}) missing[/]: {m['reason']}")
+            who = f"client {m['client']} ({m['name']})"
+            self.say(f"[yellow]round {r}: {who} missing[/]: {escape(m['reason'])}")
         keys = sorted(int(k) for k in accepted)
         if len(keys) < opts.min_clients:
             self._record_round(r, out, {}, time.perf_counter() - t0, closed=False)
@@ -526,14 +528,15 @@ class FederatedRun:
                 f"the run stopped after round {r - 1} (resume it when the nodes are back)."
             )
         out.answered = keys
+        out.ratios = {str(k): ratios[str(k)] for k in keys}
         results, client_metrics = [], {}
         for k in keys:
             state = updates[str(k)]
             self.models[k].load_state_dict(state)
             n = int(metrics[k].get("num_samples", self.clients_by_k[k].num_samples))
             results.append(ClientResult(state, n, self.models[k], metrics[k]))
-            client_metrics[k] = {"arch": cfg.client_arch(k), "n": n, "name": self.clients_by_k[k].name,
-                                 "update_ratio": ratios.get(str(k)), **metrics[k]}  # fmt: skip
+            own = {"arch": cfg.client_arch(k), "n": n, "name": self.clients_by_k[k].name}
+            client_metrics[k] = {**metrics[k], **own, "update_ratio": ratios.get(str(k))}
         if opts.dp_clip > 0:
             new_state, agg = self.dp_aggregate(r, [res.state for res in results])
         else:
@@ -569,6 +572,7 @@ class FederatedRun:
             "missing": [m["name"] or f"client {m['client']}" for m in out.missing],
             "missing_detail": out.missing,
             "rejected": out.rejected,
+            "update_ratios": out.ratios,
             "node_wall_s": {names.get(k, str(k)): m.get("wall_s") for k, m in metrics.items()},
             "node_peak_rss_mb": {names.get(k, str(k)): m.get("peak_rss_mb") for k, m in metrics.items()},
             "round_wall_s": seconds,

@@ -51,9 +51,11 @@ def check(
     """Validate a dataset folder and print a table of problems.
 
     Errors: corrupt or truncated files, images without masks, masks without images, masks whose
-    size differs from their image. Warnings: empty or all-foreground masks, non-binary masks,
-    split-file ids without an image. Exit code 0 when the folder is usable (no errors and at least
-    one usable sample), 1 otherwise; 2 when the folder does not exist or holds no images.
+    size differs from their image, masks that are neither 0/1 nor 0/255-like (colour, noise, many
+    grey levels), two files with one id (a.jpg + a.png). Warnings: empty or all-foreground masks,
+    split-file ids without an image, subfolders that are not read. Exit code 0 when the folder is
+    usable (no errors and at least one usable sample), 1 otherwise; 2 when the folder does not
+    exist, holds no images or has an invalid split file.
     """
     from samfed.data.check import ERROR, check_dataset
 
@@ -87,18 +89,21 @@ def check(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Argument(help="Output folder (created; must be empty unless --overwrite).")],
+    out: Annotated[
+        Path,
+        typer.Argument(help="Output folder (created; must be empty, or an earlier synth with --overwrite)."),
+    ],
     domain: Annotated[
         Domain, typer.Option(help="skin: ISIC 2018 layout; polyp: Kvasir-SEG layout.")
     ] = Domain.polyp,
-    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 200,
+    n: Annotated[int, typer.Option("--n", help="Number of images (at most 100000).")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same images.")] = 0,
     size: Annotated[
-        int, typer.Option(help="Image size in px (polyp images come in 3 resolutions around it).")
+        int, typer.Option(help="Image size in px, 32..2048 (polyp images come in 3 resolutions around it).")
     ] = 256,
     val_fraction: Annotated[float, typer.Option(help="Fraction of ids listed in val.txt.")] = 0.2,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace the layout folders of an existing dataset.")
+        bool, typer.Option(help="Replace an earlier synth output (deletes only the files it wrote).")
     ] = False,
 ) -> None:
     """Write a synthetic dermoscopy (skin) or endoscopy (polyp) dataset in a real dataset layout."""

@@ -1,8 +1,9 @@
 """Validate a dataset folder: unpaired files, unreadable images, size mismatches, degenerate masks.
 
 Errors make a folder unusable as it is (corrupt or truncated files, images without masks or masks
-without images, mask size different from its image); warnings are legal but suspicious (empty or
-all-foreground masks, masks that are not binary, split-file ids with no image).
+without images, mask size different from its image, masks that are neither 0/1 nor 0/255-like,
+two files with one id); warnings are legal but suspicious (empty or all-foreground masks,
+split-file ids with no image, subfolders that are not read).
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from samfed.data.io import MASK_THRESHOLD, read_grey, read_image
+from samfed.data.io import MaskValueError, read_image, read_mask, size_mismatch
 from samfed.data.readers import Dataset, Sample, load_dataset
 from samfed.errors import SamfedError
 
 ERROR, WARNING = "error", "warning"
-# A mask with more than this fraction of mid-grey (64..191) pixels is probably not a mask.
-NON_BINARY_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -73,25 +72,40 @@ def _check_sample(s: Sample) -> list[Problem]:
     if s.mask is None:
         return problems
     try:
-        grey = read_grey(s.mask)
+        mask = read_mask(s.mask)
+    except MaskValueError as exc:
+        return [*problems, Problem(ERROR, "non-binary mask", str(s.mask), str(exc))]
     except SamfedError as exc:
         return [*problems, Problem(ERROR, "corrupt mask", str(s.mask), str(exc))]
-    if image is not None and grey.shape != image.shape[:2]:
-        msg = (
-            f"Mask {s.mask.name} is {grey.shape[1]}x{grey.shape[0]} px but image {s.image.name} is "
-            f"{image.shape[1]}x{image.shape[0]} px."
-        )
-        problems.append(Problem(ERROR, "size mismatch", str(s.mask), msg))
-    fg = float((grey >= MASK_THRESHOLD).mean())
+    mismatch = None if image is None else size_mismatch(image.shape, mask.shape, s.image, s.mask)
+    if mismatch is not None:
+        problems.append(Problem(ERROR, "size mismatch", str(s.mask), mismatch))
+    fg = float(mask.mean())
     if fg == 0:
         problems.append(Problem(WARNING, "empty mask", str(s.mask), f"Mask {s.mask.name} has no foreground."))
     elif fg == 1:
         msg = f"Mask {s.mask.name} is foreground everywhere."
         problems.append(Problem(WARNING, "all-foreground mask", str(s.mask), msg))
-    mid = float(((grey >= 64) & (grey < 192)).mean())
-    if mid > NON_BINARY_FRACTION:
-        msg = f"Mask {s.mask.name} has {mid:.0%} mid-grey pixels; is it really a binary mask?"
-        problems.append(Problem(WARNING, "non-binary mask", str(s.mask), msg))
+    return problems
+
+
+def _folder_problems(ds: Dataset) -> list[Problem]:
+    """Problems of the folder as a whole: unpaired and ambiguous files, unused subfolders and ids."""
+    problems = []
+    for p in ds.unpaired_images if ds.labeled else []:
+        problems.append(Problem(ERROR, "unpaired image", str(p), f"Image {p.name} has no mask."))
+    for p in ds.unpaired_masks:
+        problems.append(Problem(ERROR, "unpaired mask", str(p), f"Mask {p.name} has no image."))
+    for group in ds.ambiguous:
+        names = " and ".join(p.name for p in group)
+        msg = f"{names} in {group[0].parent} have the same id; keep one file per id."
+        problems.append(Problem(ERROR, "ambiguous id", str(group[0]), msg))
+    for folder, n in ds.ignored_dirs:
+        msg = f"Subfolder {folder.name}/ holds {n} images that are not read (subfolders are not searched)."
+        problems.append(Problem(WARNING, "ignored subfolder", str(folder), msg))
+    for name, ids in ds.unknown_split_ids.items():
+        msg = f"{name}.txt lists {len(ids)} ids with no image, e.g. {ids[0]!r}."
+        problems.append(Problem(WARNING, "unknown split id", str(ds.root / f"{name}.txt"), msg))
     return problems
 
 
@@ -101,13 +115,9 @@ def check_dataset(
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Decode every image and mask of the folder and report problems; `progress(done, total)`."""
-    ds = path if isinstance(path, Dataset) else load_dataset(path)
-    problems: list[Problem] = []
+    ds = path if isinstance(path, Dataset) else load_dataset(path, lenient=True)
+    problems = _folder_problems(ds)
     labeled = ds.labeled
-    for p in ds.unpaired_images if labeled else []:
-        problems.append(Problem(ERROR, "unpaired image", str(p), f"Image {p.name} has no mask."))
-    for p in ds.unpaired_masks:
-        problems.append(Problem(ERROR, "unpaired mask", str(p), f"Mask {p.name} has no image."))
     usable = 0
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for k, found in enumerate(pool.map(_check_sample, ds.samples)):
@@ -115,9 +125,6 @@ def check_dataset(
             usable += not any(p.severity == ERROR for p in found)
             if progress is not None:
                 progress(k + 1, len(ds.samples))
-    for name, ids in ds.unknown_split_ids.items():
-        msg = f"{name}.txt lists {len(ids)} ids with no image, e.g. {ids[0]!r}."
-        problems.append(Problem(WARNING, "unknown split id", str(ds.root / f"{name}.txt"), msg))
     n_images = len(ds.samples) + (len(ds.unpaired_images) if labeled else 0)
     n_masks = sum(s.mask is not None for s in ds.samples) + len(ds.unpaired_masks)
     return Report(ds.root, ds.layout, n_images, n_masks, usable, labeled, problems)

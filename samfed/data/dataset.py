@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from samfed.data.io import read_image, read_mask
+from samfed.data.io import read_image, read_pair
 from samfed.data.readers import Dataset, Sample
 from samfed.errors import SamfedError
 from samfed.preprocess import Preprocessing, normalize, resize_image, resize_mask
@@ -45,17 +45,13 @@ def _load_all(samples: list[Sample], size: int, with_masks: bool, workers: int |
 
     def load(i: int) -> None:
         s = samples[i]
-        img = read_image(s.image)
+        if masks is None:
+            img = read_image(s.image)
+        else:
+            img, m = read_pair(s.image, s.mask)
+            masks[i] = resize_mask(m, size)
         shapes[i] = img.shape[:2]
         images[i] = resize_image(img, size)
-        if masks is not None:
-            m = read_mask(s.mask)
-            if m.shape != img.shape[:2]:
-                raise SamfedError(
-                    f"Mask {s.mask} is {m.shape[1]}x{m.shape[0]} px but its image is "
-                    f"{img.shape[1]}x{img.shape[0]} px."
-                )
-            masks[i] = resize_mask(m, size)
 
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:

@@ -20,9 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from samfed.data.io import MASK_THRESHOLD, image_size
+from samfed.data.io import image_size, read_mask
 from samfed.data.readers import Dataset, load_dataset
 from samfed.errors import SamfedError
 
@@ -56,12 +55,23 @@ class Split:
     def all_ids(self) -> list[str]:
         return [i for ids in self.parts.values() for i in ids]
 
+    def overlap(self) -> str | None:
+        """The sentence naming an id listed twice (within or across parts), or None if parts are disjoint."""
+        seen: dict[str, str] = {}
+        for name, ids in self.parts.items():
+            for i in ids:
+                if i in seen:
+                    where = f"twice in {name}" if seen[i] == name else f"in both {seen[i]} and {name}"
+                    return f"id {i!r} is {where}; the parts of a split must be disjoint"
+                seen[i] = name
+        return None
+
     def validate(self, dataset: Dataset) -> None:
         """Raise SamfedError unless every id of the split is in `dataset` and parts are disjoint."""
-        ids = self.all_ids()
-        if len(set(ids)) != len(ids):
-            raise SamfedError("The split file is invalid: some ids appear in more than one part.")
-        missing = [i for i in ids if i not in dataset]
+        problem = self.overlap()
+        if problem is not None:
+            raise SamfedError(f"The split is invalid: {problem}.")
+        missing = [i for i in self.all_ids() if i not in dataset]
         if missing:
             raise SamfedError(
                 f"The split does not match the dataset at {dataset.root}: id {missing[0]!r} and "
@@ -79,32 +89,97 @@ class Split:
 
     @classmethod
     def load(cls, path: str | Path) -> Split:
+        """Read a split file (untrusted): UTF-8 JSON of the structure `to_dict` writes, with
+        disjoint parts. Raises SamfedError with one sentence naming the file otherwise."""
         path = Path(path)
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            d.pop("format", None)
-            split = cls(**d)
-            ok = all(
-                isinstance(x, list) for x in (split.server_labeled, split.val, split.test, split.clients)
-            )
-            if not ok or not all(isinstance(c, list) for c in split.clients):
-                raise TypeError("parts must be lists of ids")
+            text = path.read_bytes().decode("utf-8-sig")
+            d = json.loads(text)
         except FileNotFoundError:
             raise SamfedError(f"Split file {path} does not exist.") from None
-        except (OSError, ValueError, TypeError) as exc:
-            raise SamfedError(f"Split file {path} is not a samfed split ({exc}).") from None
+        except UnicodeDecodeError:
+            raise SamfedError(f"Split file {path} is not a samfed split: it is not UTF-8 text.") from None
+        except OSError as exc:
+            raise SamfedError(f"Cannot read split file {path} ({exc.strerror or exc}).") from None
+        except ValueError as exc:
+            raise SamfedError(
+                f"Split file {path} is not a samfed split: it is not valid JSON ({exc})."
+            ) from None
+        problem = _structure_problem(d)
+        if problem is None:
+            d = {k: v for k, v in d.items() if k != "format"}
+            split = cls(**{**d, "clients": [list(c) for c in d["clients"]]})
+            problem = split.overlap()
+        if problem is not None:
+            raise SamfedError(f"Split file {path} is not a samfed split: {problem}.")
         return split
 
 
+def _short(x: object, limit: int = 40) -> str:
+    """repr(x) cut to `limit` characters, for messages about untrusted values."""
+    r = repr(x)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+_OPTIONAL_FIELDS = {
+    "format": (lambda x: x == SPLIT_FORMAT, f"the format number {SPLIT_FORMAT}"),
+    "scheme": (lambda x: x in SCHEMES, f"one of {', '.join(SCHEMES)}"),
+    "seed": (lambda x: isinstance(x, int) and not isinstance(x, bool), "an integer"),
+    "alpha": (lambda x: x is None or _is_number(x), "a number or null"),
+    "labeled_fraction": (lambda x: x is None or _is_number(x), "a number or null"),
+    "dataset": (lambda x: x is None or isinstance(x, str), "a string or null"),
+    "meta": (lambda x: isinstance(x, dict), "an object"),
+}
+
+
+def _id_list_problem(name: str, ids: object, non_empty: bool = False) -> str | None:
+    """Why `ids` is not a list of non-empty id strings (at least one if `non_empty`), or None."""
+    if not isinstance(ids, list):
+        return f"{name} must be a list of ids, not {type(ids).__name__}"
+    bad = next((i for i in ids if not isinstance(i, str) or not i.strip()), None)
+    if bad is not None:
+        return f"{name} holds {_short(bad)}; ids must be non-empty strings"
+    if non_empty and not ids:
+        return f"{name} is empty"
+    return None
+
+
+def _structure_problem(d: object) -> str | None:
+    """Why `d` (parsed JSON) is not a split as `Split.to_dict` writes it, or None."""
+    if not isinstance(d, dict):
+        return f"expected a JSON object, got {type(d).__name__}"
+    required = ("server_labeled", "clients", "val", "test")
+    unknown = sorted(set(d) - set(required) - set(_OPTIONAL_FIELDS))
+    if unknown:
+        return f"unknown field {unknown[0]!r}"
+    missing = [k for k in required if k not in d]
+    if missing:
+        return f"field {missing[0]!r} is missing"
+    for key, (ok, expected) in _OPTIONAL_FIELDS.items():
+        if key in d and not ok(d[key]):
+            return f"{key} must be {expected}, got {_short(d[key])}"
+    clients = d["clients"]
+    if not isinstance(clients, list) or not clients:
+        return "clients must be a non-empty list of id lists"
+    for name, ids, non_empty in (
+        ("server_labeled", d["server_labeled"], True),
+        *((f"client{k}", c, False) for k, c in enumerate(clients)),
+        ("val", d["val"], False),
+        ("test", d["test"], False),
+    ):
+        problem = _id_list_problem(name, ids, non_empty)
+        if problem is not None:
+            return problem
+    return None
+
+
 def lesion_fraction(path: str | Path) -> float:
-    """Foreground fraction of a mask file; JPEGs are decoded at reduced scale (fast, approximate)."""
-    try:
-        with Image.open(path) as img:
-            img.draft("L", (max(1, img.width // 4), max(1, img.height // 4)))
-            a = np.asarray(img.convert("L"))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise SamfedError(f"Cannot read mask {path}: it is corrupt or not an image ({exc}).") from None
-    return float((a >= MASK_THRESHOLD).mean())
+    """Foreground fraction of a mask file (read as everywhere, by `samfed.data.io.read_mask`)."""
+    return float(read_mask(path).mean())
 
 
 def lesion_fractions(
@@ -193,6 +268,9 @@ def _resolve_parts(dataset, pool_ids, val_ids, val_fraction, test_fraction, rng)
     test = list(splits.get("test", []))
     val = list(val_ids) if val_ids is not None else list(splits["val"]) if "val" in splits else None
     pool = list(pool_ids) if pool_ids is not None else list(splits.get("train") or dataset.ids)
+    shared = sorted(set(test) & set(val or []))
+    if shared:
+        raise SamfedError(f"Id {shared[0]!r} is both a val and a test id; val and test must not overlap.")
     held_out = set(test) | set(val or [])
     pool = [i for i in pool if i not in held_out]
     if val is None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +21,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from samfed.errors import SamfedError
+from samfed.train.run_dir import atomic_write_text
 
 DOMAINS = ("skin", "polyp")
 GENERATOR_VERSION = 1
+MAX_N = 100_000
+MAX_SIZE = 2048  # a 2048 px polyp image (3072x2560 px) needs about 1 GB while it is drawn
 
 
 @dataclass(frozen=True)
@@ -245,8 +247,8 @@ def generate(domain: str, seed: int, index: int, size: int = 256) -> tuple[np.nd
     """Image `index` of the `domain` dataset with `seed`: (H, W, 3) uint8 and (H, W) bool mask."""
     if domain not in GENERATORS:
         raise SamfedError(f"Unknown synthetic domain {domain!r}; choose one of {', '.join(DOMAINS)}.")
-    if size < 32:
-        raise SamfedError(f"Synthetic image size must be at least 32 px, got {size}.")
+    if not 32 <= size <= MAX_SIZE:
+        raise SamfedError(f"Synthetic image size must be between 32 and {MAX_SIZE} px, got {size}.")
     return GENERATORS[domain](np.random.default_rng([seed, index]), size)
 
 
@@ -264,8 +266,72 @@ def _layout_paths(domain: str, out: Path, sid: str) -> tuple[Path, Path]:
     return out / "images" / f"{sid}.jpg", out / "masks" / f"{sid}.jpg"
 
 
-LAYOUT_DIRS = ("images", "masks", "ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth")
-LAYOUT_FILES = ("train.txt", "val.txt", "test.txt", "synth.json")
+MANIFEST = "synth.json"  # written first (listing every file this synth writes), completed last
+
+
+def _planned_files(domain: str, out: Path, n: int) -> list[str]:
+    """Paths relative to `out` (POSIX) of every file `write_synthetic` writes, the manifest aside."""
+    paths = [p for i in range(n) for p in _layout_paths(domain, out, sample_id(domain, i))]
+    return [p.relative_to(out).as_posix() for p in paths] + ["train.txt", "val.txt"]
+
+
+def _listed_files(manifest: Path) -> set[str]:
+    """The relative paths an earlier synth's manifest lists; SamfedError when it lists none."""
+    try:
+        meta = json.loads(manifest.read_bytes().decode("utf-8"))
+        files = meta["files"] if isinstance(meta, dict) else None
+    except (OSError, ValueError, KeyError):
+        files = None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise SamfedError(
+            f"{manifest} does not list the files an earlier `samfed data synth` wrote (corrupt or from an "
+            "older samfed), so --overwrite cannot tell them from yours; choose a new folder."
+        )
+    return set(files)
+
+
+def _clear_previous_synth(out: Path) -> None:
+    """Delete the files an earlier synth wrote into `out`, refusing (before deleting anything) when
+    `out` holds any other file."""
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        raise SamfedError(
+            f"Output folder {out} was not written by `samfed data synth` (it has no {MANIFEST}); "
+            "--overwrite only replaces an earlier synthetic dataset, so choose a new folder."
+        )
+    listed = _listed_files(manifest)
+    present = [p for p in out.rglob("*") if not p.is_dir() and p != manifest]
+    foreign = [p for p in present if p.relative_to(out).as_posix() not in listed]
+    if foreign:
+        raise SamfedError(
+            f"Output folder {out} holds {len(foreign)} files that `samfed data synth` did not write "
+            f"(e.g. {foreign[0].relative_to(out)}); --overwrite deletes none of them, so move them or "
+            "choose a new folder."
+        )
+    for p in present:
+        p.unlink()
+    for d in sorted({p.parent for p in present} - {out}, key=lambda d: -len(d.parts)):
+        if not any(d.iterdir()):
+            d.rmdir()
+    manifest.unlink()
+
+
+def _check_arguments(domain: str, n: int, size: int, seed: int, val_fraction: float) -> None:
+    if domain not in GENERATORS:
+        raise SamfedError(f"Unknown synthetic domain {domain!r}; choose one of {', '.join(DOMAINS)}.")
+    if not 1 <= n <= MAX_N:
+        raise SamfedError(f"The number of synthetic images must be between 1 and {MAX_N}, got {n}.")
+    if not 32 <= size <= MAX_SIZE:
+        raise SamfedError(f"Synthetic image size must be between 32 and {MAX_SIZE} px, got {size}.")
+    if seed < 0:
+        raise SamfedError(f"The seed must be a non-negative integer, got {seed}.")
+    if not 0 <= val_fraction < 1:
+        raise SamfedError(f"The val fraction must be in [0, 1), got {val_fraction}.")
+
+
+def _write_manifest(out: Path, meta: dict, files: list[str], complete: bool) -> None:
+    text = json.dumps({**meta, "complete": complete, "files": files}, indent=1) + "\n"
+    atomic_write_text(out / MANIFEST, text)
 
 
 def write_synthetic(
@@ -281,23 +347,21 @@ def write_synthetic(
     """Write `n` images to `out` in the ISIC (skin) or Kvasir (polyp) layout, with train/val.txt.
 
     Masks are PNG for skin (like ISIC) and JPEG for polyps (like Kvasir-SEG, read back with the
-    threshold 128). `overwrite` first removes only the layout folders and files this writes.
-    `progress(i)` is called after each image. Returns `out`.
+    threshold 128). ``synth.json`` lists every file written (it is written first, so an
+    interrupted synth can be overwritten too). `overwrite` replaces an earlier synth's folder:
+    it deletes only the files that manifest lists and refuses a folder holding any other file.
+    `n` <= MAX_N and 32 <= `size` <= MAX_SIZE. `progress(i)` is called after each image. Returns `out`.
     """
     out = Path(out)
-    if n < 1:
-        raise SamfedError(f"The number of synthetic images must be at least 1, got {n}.")
-    if domain not in GENERATORS:
-        raise SamfedError(f"Unknown synthetic domain {domain!r}; choose one of {', '.join(DOMAINS)}.")
+    _check_arguments(domain, n, size, seed, val_fraction)
     if out.exists() and not out.is_dir():
         raise SamfedError(f"Output {out} exists and is not a folder.")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise SamfedError(f"Output folder {out} is not empty; choose a new folder or overwrite it.")
-        for d in LAYOUT_DIRS:
-            shutil.rmtree(out / d, ignore_errors=True)
-        for f in LAYOUT_FILES:
-            (out / f).unlink(missing_ok=True)
+        _clear_previous_synth(out)
+    meta = {"domain": domain, "n": n, "seed": seed, "size": size, "generator_version": GENERATOR_VERSION}
+    _write_manifest(out, meta, _planned_files(domain, out, n), complete=False)
     ids = [sample_id(domain, i) for i in range(n)]
     for i, sid in enumerate(ids):
         image, mask = generate(domain, seed, i, size)
@@ -315,6 +379,5 @@ def write_synthetic(
     train = sorted(ids[i] for i in order[n_val:])
     (out / "train.txt").write_text("".join(f"{i}\n" for i in train))
     (out / "val.txt").write_text("".join(f"{i}\n" for i in val))
-    meta = {"domain": domain, "n": n, "seed": seed, "size": size, "generator_version": GENERATOR_VERSION}
-    (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
+    _write_manifest(out, meta, _planned_files(domain, out, n), complete=True)
     return out

@@ -33,6 +33,7 @@ def resolve_ids(run_root: Path, dataset, ids_file: Path | None) -> tuple[list[st
     run's split.json test ids, else its val ids, when they are in `dataset`; else every sample.
     """
     from samfed.data.partition import Split
+    from samfed.data.readers import read_id_list
 
     def from_split(path: Path) -> tuple[list[str], str] | None:
         s = Split.load(path)
@@ -47,7 +48,7 @@ def resolve_ids(run_root: Path, dataset, ids_file: Path | None) -> tuple[list[st
             if got is None:
                 raise SamfedError(f"The split {ids_file} does not match the dataset at {dataset.root}.")
             return got
-        ids = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
+        ids = read_id_list(ids_file)
         if not ids:
             raise SamfedError(f"Ids file {ids_file} lists no ids.")
         for i in ids:
@@ -94,7 +95,7 @@ def evaluate_run(
     from edge.outputs import overlay
     from edge.png import write_png
     from export.checkpoint import load_student_checkpoint
-    from samfed.data.io import read_image, read_mask
+    from samfed.data.io import read_pair
     from samfed.data.readers import load_dataset
     from samfed.metrics import evaluate_pair, summarize
     from samfed.preprocess import prob_to_original, to_input
@@ -108,10 +109,10 @@ def evaluate_run(
     samples = dataset.select(ids)
     if any(s.mask is None for s in samples):
         raise SamfedError("Evaluation needs a mask for every image; some of the selected images have none.")
+    pairs = [read_pair(s.image, s.mask) for s in samples]  # refuses non-binary masks and size mismatches
+    images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
     out_dir = out_dir or run_root / "eval" / Path(data).resolve().name
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = [read_image(s.image) for s in samples]
-    masks = [read_mask(s.mask) for s in samples]
 
     rows: list[dict] = []
     preds_global: list[np.ndarray] = []

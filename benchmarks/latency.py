@@ -5,7 +5,8 @@ Examples (run from the repository root)::
     # one export folder (same as `samfed bench`)
     python benchmarks/latency.py --model runs/r1/export --threads 2
 
-    # acceptance: every registered student, random-init weights at 256x256, exported to
+    # acceptance: every registered student at 256x256 (random-init weights; the pretrained-encoder
+    # students keep their ImageNet encoders, decoders random), exported to
     # ONNX/OpenVINO x FP32/INT8, calibrated on --data train ids (or synthetic images), benched
     python benchmarks/latency.py --all-students --data ../shared/data/kvasir-seg --out bench_out/students
 
@@ -62,17 +63,18 @@ def export_one(ckpt: Path, out: Path, args, n_heldout: int) -> dict:
 
 
 def random_checkpoint(name: str, size: int, out: Path) -> Path:
-    """Random-init student (seed 0) saved as a checkpoint: fine for latency, not for accuracy."""
+    """Untrained student (seed 0; an ImageNet encoder where the student has one) saved as a
+    checkpoint: fine for latency, not for accuracy."""
     import torch
 
     from export.checkpoint import save_student_checkpoint
-    from samfed.models import create_student
+    from samfed.models import build_options, create_student
     from samfed.preprocess import Preprocessing
 
     torch.manual_seed(0)
     model = create_student(name).eval()
     return save_student_checkpoint(
-        model, name, "batch", Preprocessing(size=size), out, source_run="random-init"
+        model, name, "batch", Preprocessing(size=size), out, source_run="random-init", **build_options(model)
     )
 
 

@@ -256,7 +256,7 @@ def _split_dict() -> dict:
         (lambda d: d | {"extra": 1}, "unknown field 'extra'"),
         (lambda d: d | {"format": 2}, "format must be"),
         (lambda d: d | {"seed": "x"}, "seed must be an integer"),
-        (lambda d: d | {"scheme": "magic"}, "scheme must be one of"),
+        (lambda d: d | {"scheme": 5}, "scheme must be a non-empty string"),
         (lambda d: d | {"clients": "b"}, "clients must be a non-empty list"),
         (lambda d: d | {"clients": []}, "clients must be a non-empty list"),
         (lambda d: d | {"clients": [["b"], "c"]}, "client1 must be a list of ids"),
@@ -281,6 +281,8 @@ def test_split_file_encoding_and_round_trip(tmp_path):
     path.write_text(json.dumps(_split_dict()))
     split = Split.load(path)
     assert split.clients == [["b"], ["c"]] and split.scheme == "iid"
+    federated = Split(["a"], [[], []], ["d"], [], scheme="federated")  # as `samfed serve` writes it
+    assert Split.load(federated.save(tmp_path / "fed.json")) == federated
     path.write_bytes(json.dumps(_split_dict()).encode("utf-16"))
     with pytest.raises(SamfedError, match="not UTF-8 text"):
         Split.load(path)

@@ -127,7 +127,7 @@ def _is_number(x: object) -> bool:
 
 _OPTIONAL_FIELDS = {
     "format": (lambda x: x == SPLIT_FORMAT, f"the format number {SPLIT_FORMAT}"),
-    "scheme": (lambda x: x in SCHEMES, f"one of {', '.join(SCHEMES)}"),
+    "scheme": (lambda x: isinstance(x, str) and bool(x), "a non-empty string"),  # also 'federated'
     "seed": (lambda x: isinstance(x, int) and not isinstance(x, bool), "an integer"),
     "alpha": (lambda x: x is None or _is_number(x), "a number or null"),
     "labeled_fraction": (lambda x: x is None or _is_number(x), "a number or null"),

@@ -15,7 +15,7 @@ from samfed.data.dataset import load_arrays
 from samfed.data.io import MaskValueError, image_size, read_image, read_mask, read_pair
 from samfed.data.partition import Split, lesion_fraction, make_split
 from samfed.data.readers import DatasetWarning, load_dataset, read_id_list
-from samfed.data.synth import MANIFEST, MAX_SIZE, write_synthetic
+from samfed.data.synth import MANIFEST, MAX_SIZE, PARTIAL, write_synthetic
 from samfed.errors import SamfedError
 
 H, W = 20, 24
@@ -318,7 +318,7 @@ def test_synth_overwrite_never_deletes_files_it_did_not_write(tmp_path):
     (synth / "images" / "mine.png").unlink()
     write_synthetic("skin", 2, synth, size=32, overwrite=True)
     assert load_dataset(synth).layout == "isic" and not (synth / "images").exists()
-    assert json.loads((synth / MANIFEST).read_text())["complete"] is True
+    assert not (synth / PARTIAL).exists() and "ISIC_0000001" in (synth / MANIFEST).read_text()
 
 
 def test_synth_manifest_is_untrusted_and_interrupted_synths_can_be_replaced(tmp_path):
@@ -342,7 +342,7 @@ def test_synth_manifest_is_untrusted_and_interrupted_synths_can_be_replaced(tmp_
     partial = tmp_path / "partial"
     with pytest.raises(KeyboardInterrupt):
         write_synthetic("polyp", 5, partial, size=32, progress=stop)
-    assert json.loads((partial / MANIFEST).read_text())["complete"] is False
+    assert (partial / PARTIAL).is_file() and not (partial / MANIFEST).exists()  # `train` regenerates it
     write_synthetic("polyp", 2, partial, size=32, overwrite=True)
     assert len(load_dataset(partial).ids) == 2
 

@@ -266,7 +266,8 @@ def _layout_paths(domain: str, out: Path, sid: str) -> tuple[Path, Path]:
     return out / "images" / f"{sid}.jpg", out / "masks" / f"{sid}.jpg"
 
 
-MANIFEST = "synth.json"  # written first (listing every file this synth writes), completed last
+MANIFEST = "synth.json"  # lists every file a finished synth wrote; its presence means "complete"
+PARTIAL = "synth.partial.json"  # the same list, written before the first image, removed at the end
 
 
 def _planned_files(domain: str, out: Path, n: int) -> list[str]:
@@ -293,14 +294,14 @@ def _listed_files(manifest: Path) -> set[str]:
 def _clear_previous_synth(out: Path) -> None:
     """Delete the files an earlier synth wrote into `out`, refusing (before deleting anything) when
     `out` holds any other file."""
-    manifest = out / MANIFEST
-    if not manifest.is_file():
+    manifests = [out / m for m in (MANIFEST, PARTIAL) if (out / m).is_file()]
+    if not manifests:
         raise SamfedError(
             f"Output folder {out} was not written by `samfed data synth` (it has no {MANIFEST}); "
             "--overwrite only replaces an earlier synthetic dataset, so choose a new folder."
         )
-    listed = _listed_files(manifest)
-    present = [p for p in out.rglob("*") if not p.is_dir() and p != manifest]
+    listed = {MANIFEST, PARTIAL}.union(*(_listed_files(m) for m in manifests))
+    present = [p for p in out.rglob("*") if not p.is_dir()]
     foreign = [p for p in present if p.relative_to(out).as_posix() not in listed]
     if foreign:
         raise SamfedError(
@@ -313,7 +314,6 @@ def _clear_previous_synth(out: Path) -> None:
     for d in sorted({p.parent for p in present} - {out}, key=lambda d: -len(d.parts)):
         if not any(d.iterdir()):
             d.rmdir()
-    manifest.unlink()
 
 
 def _check_arguments(domain: str, n: int, size: int, seed: int, val_fraction: float) -> None:
@@ -329,9 +329,8 @@ def _check_arguments(domain: str, n: int, size: int, seed: int, val_fraction: fl
         raise SamfedError(f"The val fraction must be in [0, 1), got {val_fraction}.")
 
 
-def _write_manifest(out: Path, meta: dict, files: list[str], complete: bool) -> None:
-    text = json.dumps({**meta, "complete": complete, "files": files}, indent=1) + "\n"
-    atomic_write_text(out / MANIFEST, text)
+def _write_manifest(path: Path, meta: dict, files: list[str]) -> None:
+    atomic_write_text(path, json.dumps({**meta, "files": files}, indent=1) + "\n")
 
 
 def write_synthetic(
@@ -347,10 +346,11 @@ def write_synthetic(
     """Write `n` images to `out` in the ISIC (skin) or Kvasir (polyp) layout, with train/val.txt.
 
     Masks are PNG for skin (like ISIC) and JPEG for polyps (like Kvasir-SEG, read back with the
-    threshold 128). ``synth.json`` lists every file written (it is written first, so an
-    interrupted synth can be overwritten too). `overwrite` replaces an earlier synth's folder:
-    it deletes only the files that manifest lists and refuses a folder holding any other file.
-    `n` <= MAX_N and 32 <= `size` <= MAX_SIZE. `progress(i)` is called after each image. Returns `out`.
+    threshold 128). ``synth.json`` lists every file written; ``synth.partial.json`` holds the
+    same list while writing, so an interrupted synth can be overwritten too. `overwrite`
+    replaces an earlier synth's folder: it deletes only the files those lists name and refuses
+    a folder holding any other file. `n` <= MAX_N and 32 <= `size` <= MAX_SIZE. `progress(i)`
+    is called after each image. Returns `out`.
     """
     out = Path(out)
     _check_arguments(domain, n, size, seed, val_fraction)
@@ -361,7 +361,8 @@ def write_synthetic(
             raise SamfedError(f"Output folder {out} is not empty; choose a new folder or overwrite it.")
         _clear_previous_synth(out)
     meta = {"domain": domain, "n": n, "seed": seed, "size": size, "generator_version": GENERATOR_VERSION}
-    _write_manifest(out, meta, _planned_files(domain, out, n), complete=False)
+    files = _planned_files(domain, out, n)
+    _write_manifest(out / PARTIAL, meta, files)
     ids = [sample_id(domain, i) for i in range(n)]
     for i, sid in enumerate(ids):
         image, mask = generate(domain, seed, i, size)
@@ -379,5 +380,6 @@ def write_synthetic(
     train = sorted(ids[i] for i in order[n_val:])
     (out / "train.txt").write_text("".join(f"{i}\n" for i in train))
     (out / "val.txt").write_text("".join(f"{i}\n" for i in val))
-    _write_manifest(out, meta, _planned_files(domain, out, n), complete=True)
+    _write_manifest(out / MANIFEST, meta, files)
+    (out / PARTIAL).unlink()
     return out

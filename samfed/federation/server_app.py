@@ -503,7 +503,7 @@ class FederatedRun:
                 out.rejected.append({"client": c.k, "name": c.name, "reason": reason})
                 continue
             updates[str(c.k)] = P.record_state(content[P.STATE])
-            metrics[c.k] = dict(content[P.METRICS])
+            metrics[c.k] = dict(P.scalar_metrics(content.get(P.METRICS, {})))  # finite numbers only
         accepted, rejections, ratios = validate_updates(
             updates,
             {str(k): sent[k] for k in map(int, updates)},

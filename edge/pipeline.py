@@ -7,8 +7,10 @@ reported through `on_error` and skipped; the rest are processed.
 
 from __future__ import annotations
 
+import os
+import posixpath
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.outputs import Row, mask_png, overlay_png, summarize, write_csv
+from edge.manifest import MANIFEST_NAME, sha256_file
+from edge.outputs import Row, mask_png, overlay_png, summarize
+from edge.predict_out import Mode, OutputFolder, open_output
 from edge.predictor import Predictor
 from samfed.data.io import IMAGE_EXTS, read_image
 from samfed.errors import SamfedError
@@ -27,6 +31,7 @@ class PipelineReport:
     """Counts and timings of one `run_files` call (seconds)."""
 
     processed: int = 0
+    resumed: int = 0  # finished by an earlier, interrupted run and kept
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
     wall_s: float = 0.0
     model_s: float = 0.0
@@ -43,6 +48,7 @@ class PipelineReport:
     def to_dict(self) -> dict:
         return {
             "processed": self.processed,
+            "resumed": self.resumed,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "wall_s": round(self.wall_s, 4),
             "model_s": round(self.model_s, 4),
@@ -66,18 +72,37 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
-def unique_ids(paths: list[Path]) -> list[str]:
-    """File stems, with the extension kept where two files share a stem."""
-    stems = [p.stem for p in paths]
-    dup = {s for s in stems if stems.count(s) > 1}
-    ids = [p.name if p.stem in dup else p.stem for p in paths]
-    seen: dict[str, int] = {}
-    for i, x in enumerate(ids):  # same name in two folders
-        n = seen.get(x, 0)
-        seen[x] = n + 1
-        if n:
-            ids[i] = f"{x}_{n}"
-    return ids
+def output_ids(paths: list[Path]) -> list[str]:
+    """Unique output names: each path relative to the images' common folder, without its extension
+    unless two images in one folder share a stem (a/x.jpg + b/x.jpg -> a/x, b/x; x.jpg + x.png kept)."""
+    if not paths:
+        return []
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    try:
+        base = Path(os.path.commonpath([p.parent for p in absolute]))
+    except ValueError:  # different drives
+        raise SamfedError(
+            "Images on different drives cannot share one --out folder; predict them separately."
+        ) from None
+    rel = [p.relative_to(base).as_posix() for p in absolute]
+    stems = [posixpath.splitext(r)[0] for r in rel]
+    counts = Counter(stems)
+    ids = [r if counts[st] > 1 else st for r, st in zip(rel, stems, strict=True)]
+    return ids if len(set(ids)) == len(ids) else rel
+
+
+def predict_settings(predictor: Predictor, overlays: bool, overlay_size: int) -> dict:
+    """What makes two predict runs' outputs comparable (a resumed run must match the earlier one)."""
+    man = predictor.manifest
+    model = man.root / MANIFEST_NAME if man is not None else predictor.session.path
+    return {
+        "model_sha256": sha256_file(model),
+        "artefact": predictor.artefact,
+        "backend": predictor.session.backend,
+        "preprocessing": predictor.prep.to_dict(),
+        "threshold": predictor.threshold,
+        "overlays": overlay_size if overlays else None,
+    }
 
 
 def _ordered(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, ahead: int) -> Iterator[Future]:
@@ -99,14 +124,38 @@ def run_files(
     overlay_size: int = 512,
     on_done: Callable[[str], None] | None = None,
     on_error: Callable[[Path, str], None] | None = None,
+    mode: Mode = "new",
 ) -> PipelineReport:
     """Predict every path; write masks/<id>.png (original size), overlays/<id>.png (previews whose
-    longest side is at most `overlay_size` px; 0 = original size) and predictions.csv under out_dir."""
-    out_dir = Path(out_dir)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    if overlays:
-        (out_dir / "overlays").mkdir(exist_ok=True)
-    report = PipelineReport()
+    longest side is at most `overlay_size` px; 0 = original size) and predictions.csv under out_dir.
+
+    The folder must be accepted by edge.predict_out.open_output (`mode`: new, overwrite, resume);
+    with `resume`, images an interrupted run finished are kept and counted in `report.resumed`."""
+    ids = output_ids(paths)
+    settings = predict_settings(predictor, overlays, overlay_size)
+    sources = [str(Path(p).resolve()) for p in paths]
+    folder = open_output(out_dir, ids, sources, settings, overlays, mode)
+    try:
+        report, rows = _run(predictor, paths, ids, folder, workers, overlays, overlay_size, on_done, on_error)
+    finally:
+        folder.close()
+    folder.finish([rows[i] for i in ids if i in rows])
+    return report
+
+
+def _run(
+    predictor: Predictor,
+    paths: list[Path],
+    ids: list[str],
+    folder: OutputFolder,
+    workers: int,
+    overlays: bool,
+    overlay_size: int,
+    on_done: Callable[[str], None] | None,
+    on_error: Callable[[Path, str], None] | None,
+) -> tuple[PipelineReport, dict[str, Row]]:
+    """The threaded loop of run_files; returns (report, {id: Row} of every finished image)."""
+    report = PipelineReport(resumed=len(folder.done))
     model_s0 = predictor.session.model_seconds
     t0 = time.perf_counter()
 
@@ -119,18 +168,28 @@ def run_files(
 
     def write(image_id: str, img: np.ndarray, prob: np.ndarray) -> Row:
         pred = predictor.finish(prob, img.shape[:2])
-        mask_png(pred.mask, out_dir / "masks" / f"{image_id}.png")
-        if overlays:
-            overlay_png(img, pred.mask, out_dir / "overlays" / f"{image_id}.png", overlay_size)
+        target = folder.mask_path(image_id)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            mask_png(pred.mask, target)
+            if overlays:
+                target = folder.overlay_path(image_id)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                overlay_png(img, pred.mask, target, overlay_size)
+        except OSError as exc:
+            raise SamfedError(
+                f"Cannot write {target} ({exc.strerror or exc}): choose a writable --out folder."
+            ) from None
         return summarize(image_id, pred.prob, pred.mask)
 
-    rows: list[Row] = []
+    rows: dict[str, Row] = dict(folder.done)
     writes: deque[Future] = deque()
 
     def drain(limit: int) -> None:
         while len(writes) > limit:
             row = writes.popleft().result()
-            rows.append(row)
+            folder.record(row)
+            rows[row.id] = row
             report.processed += 1
             if on_done:
                 on_done(row.id)
@@ -143,7 +202,7 @@ def run_files(
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         batch: list = []
-        items = zip(paths, unique_ids(paths), strict=True)
+        items = [(p, i) for p, i in zip(paths, ids, strict=True) if i not in folder.done]
         for fut in _ordered(pool, load, items, ahead=2 * predictor.batch):
             key, img, resized = fut.result()
             if resized is None:
@@ -158,7 +217,6 @@ def run_files(
         if batch:
             flush(batch)
         drain(0)
-    write_csv(rows, out_dir / "predictions.csv")
     report.wall_s = time.perf_counter() - t0
     report.model_s = predictor.session.model_seconds - model_s0
-    return report
+    return report, rows

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.manifest import MANIFEST_NAME, load_manifest
+from edge.manifest import MANIFEST_NAME, Manifest, check_preprocessing, check_threshold, load_manifest
 from edge.session import Session, backend_of, open_session
 from samfed.errors import SamfedError
 from samfed.preprocess import Preprocessing, normalize, prob_to_original, resize_image
@@ -37,13 +37,21 @@ class Predictor:
     """Runs a `Session` on batches of RGB uint8 images of any size."""
 
     def __init__(self, session: Session, prep: Preprocessing, threshold: float = 0.5, batch: int = 8):
+        """SamfedError unless `prep`, `threshold` and the session's input/output shapes fit together."""
         if batch < 1:
             raise SamfedError(f"Batch size must be at least 1, got {batch}.")
+        try:
+            check_preprocessing(prep)
+            check_threshold(threshold)
+        except ValueError as exc:
+            raise SamfedError(f"Cannot run {session.path}: {exc}.") from None
+        session.check_io(prep.size)
         self.session = session
         self.prep = prep
         self.threshold = threshold
         self.batch = batch
         self.artefact = session.path.name
+        self.manifest: Manifest | None = None  # the verified export it came from, if any
 
     @classmethod
     def from_model(
@@ -53,21 +61,28 @@ class Predictor:
         precision: str = "auto",
         threads: int | None = None,
         batch: int = 8,
+        trusted_keys: Sequence[str] = (),
     ) -> Predictor:
         """Open an export directory (manifest verified) or a bare .onnx/.xml file.
 
         A bare model file has no manifest: default preprocessing (size taken from a static input
-        shape, else 256) and threshold 0.5 are assumed, with a warning.
+        shape, else 256) and threshold 0.5 are assumed, with a warning. `trusted_keys`: accept only
+        an export whose manifest is signed by one of these keys (edge.manifest.load_manifest).
         """
         model = Path(model)
         if model.is_dir() or model.name == MANIFEST_NAME:
-            man = load_manifest(model)
+            man = load_manifest(model, trusted_keys=trusted_keys)
             art = man.select(backend, precision)
             pred = cls(open_session(art.path, art.backend, threads), man.preprocessing, man.threshold, batch)
             pred.artefact = art.key
+            pred.manifest = man
             return pred
         if not model.exists():
             raise SamfedError(f"Model {model} does not exist; pass an export directory or a .onnx file.")
+        if trusted_keys:
+            raise SamfedError(
+                f"{model} is a bare model file, which carries no signature: pass its signed export folder."
+            )
         if precision not in ("auto", "fp32", "int8"):
             raise SamfedError(f"Unknown precision {precision!r}; expected auto, int8 or fp32.")
         file_backend = backend_of(model)

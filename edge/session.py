@@ -32,6 +32,8 @@ class Session:
     """
 
     backend: str = ""
+    n_inputs: int = 1  # inputs the graph declares
+    float_input: bool = True  # whether the first input is float32
 
     def __init__(self, path: Path, threads: int) -> None:
         self.path = Path(path)
@@ -41,7 +43,13 @@ class Session:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
-        out = self._run(np.ascontiguousarray(x, dtype=np.float32))
+        try:
+            out = self._run(np.ascontiguousarray(x, dtype=np.float32))
+        except Exception as exc:  # the runtimes raise their own exception types, with multi-line text
+            raise SamfedError(
+                f"{self.backend} failed to run {self.path} on a {tuple(x.shape)} input: "
+                f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
+            ) from None
         self.model_seconds += time.perf_counter() - t0
         self.calls += 1
         return out
@@ -51,7 +59,32 @@ class Session:
 
     def input_size(self) -> int | None:
         """Static spatial size of the input, or None when it is dynamic."""
+        shape = self.input_shape()
+        return shape[-1] if shape else None
+
+    def input_shape(self) -> tuple[int | None, ...] | None:
+        """The first input's shape (None per dynamic dim), None when even its rank is dynamic."""
         return None
+
+    def output_shape(self) -> tuple[int | None, ...] | None:
+        """The first output's shape, as `input_shape`."""
+        return None
+
+    def check_io(self, size: int) -> None:
+        """SamfedError unless the model takes one (B, 3, size, size) float32 input and gives
+        (B, 1, size, size) logits, as far as its static shapes tell."""
+        ins, outs = self.input_shape(), self.output_shape()
+        problem = ""
+        if self.n_inputs != 1 or not self.float_input:
+            problem = "it does not take exactly one float32 image input"
+        elif ins is not None and (len(ins) != 4 or ins[1] not in (3, None)):
+            problem = f"its input shape {list(ins)} is not (batch, 3, H, W)"
+        elif outs is not None and (len(outs) != 4 or outs[1] not in (1, None)):
+            problem = f"its output shape {list(outs)} is not (batch, 1, H, W)"
+        elif ins is not None and any(d not in (size, None) for d in ins[2:]):
+            problem = f"it takes {ins[2]}x{ins[3]} px inputs but the preprocessing resizes to {size} px"
+        if problem:
+            raise SamfedError(f"Model {self.path} does not fit its preprocessing: {problem}.")
 
 
 class OrtSession(Session):
@@ -75,14 +108,26 @@ class OrtSession(Session):
         except Exception as exc:  # onnxruntime raises its own exception types
             raise SamfedError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
         self.input = self.sess.get_inputs()[0]
-        self.output_name = self.sess.get_outputs()[0].name
+        self.output = self.sess.get_outputs()[0]
+        self.output_name = self.output.name
+        self.n_inputs = len(self.sess.get_inputs())
+        self.float_input = self.input.type == "tensor(float)"
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.sess.run([self.output_name], {self.input.name: x})[0]
 
-    def input_size(self) -> int | None:
-        s = self.input.shape[-1]
-        return s if isinstance(s, int) else None
+    def input_shape(self) -> tuple[int | None, ...] | None:
+        return _ort_shape(self.input.shape)
+
+    def output_shape(self) -> tuple[int | None, ...] | None:
+        return _ort_shape(self.output.shape)
+
+
+def _ort_shape(shape: list | None) -> tuple[int | None, ...] | None:
+    """ONNX Runtime's shape (ints, names or None per dim) -> ints or None per dim."""
+    if shape is None:
+        return None
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
 
 
 class OpenVinoSession(Session):
@@ -105,14 +150,25 @@ class OpenVinoSession(Session):
         except Exception as exc:  # openvino raises RuntimeError with multi-line text
             raise SamfedError(f"OpenVINO cannot load {path}: {str(exc).splitlines()[0]}") from None
         self.request = self.compiled.create_infer_request()
+        self.n_inputs = len(self.model.inputs)
+        self.float_input = self.model.inputs[0].get_element_type() == ov.Type.f32
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         self.request.infer({0: x})
         return self.request.get_output_tensor(0).data.copy()
 
-    def input_size(self) -> int | None:
-        dim = self.model.inputs[0].get_partial_shape()[-1]
-        return dim.get_length() if dim.is_static else None
+    def input_shape(self) -> tuple[int | None, ...] | None:
+        return _ov_shape(self.model.inputs[0].get_partial_shape())
+
+    def output_shape(self) -> tuple[int | None, ...] | None:
+        return _ov_shape(self.model.outputs[0].get_partial_shape())
+
+
+def _ov_shape(shape) -> tuple[int | None, ...] | None:
+    """OpenVINO PartialShape -> ints or None per dim; None when the rank is dynamic."""
+    if shape.rank.is_dynamic:
+        return None
+    return tuple(d.get_length() if d.is_static else None for d in shape)
 
 
 def backend_of(path: str | Path) -> str:

@@ -1,10 +1,23 @@
 """Fixtures: small synthetic datasets written once per test session (no real data needed)."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 from samfed.data.synth import write_synthetic
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _signing_key_in_tmp(tmp_path_factory):
+    """`samfed export` signs with a per-user key made on first use: keep it out of the real home."""
+    old = os.environ.get("SAMFED_SIGNING_KEY")
+    os.environ["SAMFED_SIGNING_KEY"] = str(tmp_path_factory.mktemp("signing") / "signing_key.pem")
+    yield
+    if old is None:
+        os.environ.pop("SAMFED_SIGNING_KEY", None)
+    else:
+        os.environ["SAMFED_SIGNING_KEY"] = old
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,14 @@ def export(
     ] = 32,
     iters: Annotated[int, typer.Option("--iters", help="Interleaved latency iterations per artefact.")] = 30,
     nncf_subset: Annotated[int, typer.Option("--nncf-subset", help="NNCF calibration subset size.")] = 300,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--signing-key",
+            help="Ed25519 key (PEM) that signs the manifest; default $SAMFED_SIGNING_KEY or "
+            "~/.config/samfed/signing_key.pem, made on first use (clinics check it with --trusted-key).",
+        ),
+    ] = None,
 ) -> None:
     """Export a trained student to ONNX / OpenVINO, FP32 and INT8, with a parity manifest.
 
@@ -47,10 +55,13 @@ def export(
     from rich.table import Table
 
     from export.build import export_student
+    from export.manifest_writer import default_key_path, load_or_create_key, sign_export
     from samfed.errors import SamfedError
 
     if min(threads, calib_n, heldout_n, iters, nncf_subset) < 1:
         raise SamfedError("--threads, --calib-n, --heldout-n, --iters and --nncf-subset must be at least 1.")
+    signing_key = signing_key or default_key_path()
+    load_or_create_key(signing_key)  # a bad key fails before the export work
     console = Console()
     with console.status("exporting ...") as status:
         man = export_student(
@@ -101,4 +112,7 @@ def export(
     for w in man["warnings"]:
         console.print(Panel(w, title="WARNING", border_style="bold red", style="bold"))
     console.print(f"recommended: [bold green]{man['recommended']}[/] ({man['recommendation_reason']})")
-    console.print(f"written: {man['_out_dir']}/manifest.json")
+    signer, pub = sign_export(man["_out_dir"], signing_key), signing_key.with_suffix(".pub")
+    console.print(f"written: {man['_out_dir']}/manifest.json, signed by {signer}", highlight=False)
+    if pub.is_file():
+        console.print(f"clinics check it with: samfed predict --trusted-key {pub} ...", highlight=False)

@@ -30,19 +30,39 @@ def predict(
         int,
         typer.Option("--overlay-size", min=0, help="Longest side of overlay previews in px (0: full size)."),
     ] = 512,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace an earlier predict output in --out (only its own files)."),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Finish an interrupted predict run in --out, skipping finished images."
+        ),
+    ] = False,
+    trusted_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-key",
+            help="Accept only an export signed by this key: its fingerprint (SHA256:...) or public key "
+            "file (the exporter's signing_key.pub). Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Segment images with an exported model (torch-free): masks, overlays, CSV.
 
-    MODEL is a folder written by `samfed export` (its manifest is verified) or a bare .onnx file;
-    IMAGES are image files and/or folders. Unreadable images are reported and skipped.
+    MODEL is a folder written by `samfed export` (its manifest and any signature are verified) or
+    a bare .onnx file; IMAGES are image files and/or folders. Unreadable images are reported and
+    skipped. --out must be new, empty, or an earlier predict output (then --overwrite or --resume):
+    predict never replaces a file it did not write.
     """
-    import json
     import warnings
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from edge.pipeline import collect_images, run_files
+    from edge.predict_out import write_summary
     from edge.predictor import Predictor
     from samfed.data.io import IMAGE_EXTS
     from samfed.errors import SamfedError
@@ -50,11 +70,22 @@ def predict(
     console, err = Console(), Console(stderr=True)
     if batch < 1 or workers < 1 or (threads is not None and threads < 1):
         raise SamfedError("--batch, --workers and --threads must be at least 1.")
+    if overwrite and resume:
+        raise SamfedError("--overwrite and --resume exclude each other: choose one.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        predictor = Predictor.from_model(model, backend, precision, threads, batch)
+        predictor = Predictor.from_model(model, backend, precision, threads, batch, trusted_key or ())
     for w in caught:
         err.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    man = predictor.manifest
+    if man is not None and man.signer:
+        console.print(f"export signature valid: signed by {man.signer}", highlight=False)
+    elif man is not None:
+        err.print(
+            "[yellow]note:[/] the export is not signed: its files are intact, but who produced it is not "
+            "verified (pass --trusted-key to require a signature).",
+            highlight=False,
+        )
     paths = collect_images(images)
     if not paths:
         raise SamfedError(f"No images ({', '.join(IMAGE_EXTS)}) found in {', '.join(map(str, images))}.")
@@ -79,20 +110,24 @@ def predict(
                 progress.console.print(f"[yellow]skipped:[/] {why}", highlight=False, soft_wrap=True),
                 progress.advance(task),
             ),
+            mode="overwrite" if overwrite else "resume" if resume else "new",
         )
+        progress.advance(task, report.resumed)
     summary = report.to_dict() | {
         "model": str(model),
         "artefact": predictor.artefact,
         "backend": predictor.session.backend,
+        "signer": man.signer if man is not None else None,
         "threads": predictor.session.threads,
         "batch": batch,
     }
-    (Path(out) / "predict_summary.json").write_text(json.dumps(summary, indent=2))
+    write_summary(out, summary)
+    kept = f", {report.resumed} kept from the interrupted run" if report.resumed else ""
     console.print(
-        f"{report.processed} segmented, {len(report.skipped)} skipped -> {out}  "
+        f"{report.processed} segmented{kept}, {len(report.skipped)} skipped -> {out}  "
         f"({report.images_per_s:.1f} images/s end to end; "
         f"model {report.model_s:.2f} s of {report.wall_s:.2f} s, "
         f"pipeline overhead {report.overhead_ratio:.2f}x model time)"
     )
-    if report.processed == 0:
+    if report.processed + report.resumed == 0:
         raise SamfedError(f"None of the {len(paths)} images could be processed.")

@@ -6,10 +6,13 @@ inside its body, so `samfed predict` works on an edge install without torch.
 
 from __future__ import annotations
 
+import errno
 import sys
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from samfed.commands import bench, data, evaluate, export, federation, models, predict, teacher, train
 from samfed.errors import SamfedError
@@ -33,18 +36,69 @@ app.add_typer(data.app, name="data")
 app.add_typer(teacher.app, name="teacher")
 
 _err = Console(stderr=True)
+OWN_PACKAGES = ("samfed", "edge", "export", "cli")  # a missing one of these is a bug, not an install
+RESUMABLE_VERBS = ("train", "serve")
+INTERRUPTED = 130  # what a shell reports for a process stopped by Ctrl-C (SIGINT)
+
+
+def _verb(argv: list[str]) -> str:
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _interrupted(verb: str) -> None:
+    hint = "; finished work is saved: rerun with --resume to continue" if verb in RESUMABLE_VERBS else ""
+    _err.print(f"[yellow]interrupted[/]{hint}.", highlight=False)
+    sys.exit(INTERRUPTED)
+
+
+def _missing_module(exc: ModuleNotFoundError, verb: str) -> None:
+    """A dependency the verb needs is not installed: one line saying what to install."""
+    top = (exc.name or "").split(".")[0]
+    if not top or top in OWN_PACKAGES:
+        raise exc
+    _fail(
+        f"`samfed {verb}` needs {top}, which is not installed here; install the training extras with "
+        "`pip install samfed[train]`."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user errors become one red line and a non-zero exit, never a traceback."""
+    """Run the CLI; user errors become one red line and a non-zero exit, never a traceback.
+
+    Ctrl-C prints one line (with the --resume hint for the verbs that save their progress) and exits
+    130; a dependency missing from an edge install, or an output folder without write permission,
+    is one line too."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    verb = _verb(args)
     try:
-        app(args=argv, prog_name="samfed")
-    except SamfedError as exc:
-        _err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        code = app(args=args, prog_name="samfed", standalone_mode=False)
+    except click.ClickException as exc:  # usage errors: Typer's own formatting
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _err.print("[yellow]interrupted[/]: finished work is saved; rerun with --resume to continue.")
-        sys.exit(130)
+    except click.Abort:  # end of input at a prompt
+        _interrupted(verb)
+    except KeyboardInterrupt:  # outside the command (Typer turns one inside it into exit 130)
+        _interrupted(verb)
+    except SamfedError as exc:
+        _fail(str(exc), exc.exit_code)
+    except ModuleNotFoundError as exc:
+        _missing_module(exc, verb)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        where = exc.filename or "a file"
+        _fail(f"permission denied on {where}: choose a folder you may write to (or fix its permissions).")
+    if code == INTERRUPTED:
+        _interrupted(verb)
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,111 @@
 
 Precedence: defaults < `--config FILE` (TOML, flat table of RunConfig fields) < command-line
 flags. `None` fields are left out of the TOML file (TOML has no null) and come back as None.
-Torch-free.
+
+Every field carries its own `Rule` (range, step, choices) next to its annotated type; `validate`
+checks each field on its own plus a few relations between fields, and names the field and what it
+accepts in one line. Choices come from the registries that define them (methods, students, norms,
+agreements, ...), imported when checked; where a registry needs torch and torch is missing, that
+choice is left to the code that uses it. Fields marked ``machine`` describe the computer a run
+happens on, not the method: they may differ on resume. Torch-free.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import math
+import re
 import tomllib
+import typing
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from samfed.errors import SamfedError
+
+Choices = Callable[[], Collection[str] | None] | tuple[str, ...]
+CLI = "command line"
+
+
+def registry(module: str, name: str, extra: tuple[str, ...] = ()) -> Callable[[], tuple[str, ...] | None]:
+    """The names of registry `module.name` (a dict's keys or a sequence) plus `extra`, imported on
+    first use; None when the module cannot be imported (an install without torch)."""
+
+    def names() -> tuple[str, ...] | None:
+        try:
+            reg = getattr(importlib.import_module(module), name)
+        except ImportError:
+            return None
+        return (*extra, *reg)
+
+    return names
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one setting accepts beyond its annotated type (bounds apply to numbers; choices and
+    pattern to strings, or to every element of a list)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    step: int | None = None  # the value must be a multiple of this
+    choices: Choices | None = None
+    pattern: tuple[str, str] | None = None  # (regular expression of the whole string, description)
+    machine: bool = False  # about the computer, not the method: may change on resume, stays local
+
+    def names(self) -> Collection[str] | None:
+        return self.choices() if callable(self.choices) else self.choices
+
+    def bounds_ok(self, v: float) -> bool:
+        return (
+            (self.ge is None or v >= self.ge)
+            and (self.gt is None or v > self.gt)
+            and (self.le is None or v <= self.le)
+            and (self.lt is None or v < self.lt)
+            and (self.step is None or v % self.step == 0)
+        )
+
+    def text_ok(self, v: str) -> bool:
+        names = self.names()
+        if names is not None and v not in names:
+            return False
+        return self.pattern is None or re.fullmatch(self.pattern[0], v) is not None
+
+    def describe(self) -> str:
+        """'>= 0 and < 1', 'a multiple of 16', 'one of: a, b', ... (empty when unconstrained)."""
+        bounds = zip((">=", ">", "<=", "<"), (self.ge, self.gt, self.le, self.lt), strict=True)
+        parts = [f"{op} {_num(b)}" for op, b in bounds if b is not None]
+        if self.step:
+            parts.append(f"a multiple of {self.step}")
+        names = self.names()
+        if names is not None:
+            parts.append(f"one of: {', '.join(names)}")
+        if self.pattern:
+            parts.append(self.pattern[1])
+        return " and ".join(parts)
+
+
+def _num(b: float) -> str:
+    return str(int(b)) if float(b).is_integer() else f"{b:g}"
+
+
+def setting(default: Any, **rule: Any) -> Any:
+    """A RunConfig field with its Rule in the field metadata (a list default gets a factory)."""
+    meta = {"rule": Rule(**rule)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _reg(module: str, name: str, *extra: str) -> Callable[[], tuple[str, ...] | None]:
+    return registry(module, name, extra)
+
+
+STUDENT_NAMES = _reg("samfed.models", "STUDENTS")
 
 
 @dataclass
@@ -20,56 +114,63 @@ class RunConfig:
     """Every setting of a training run (see docs/METHOD.md for the method's defaults)."""
 
     # data and split
-    data: str | None = None  # dataset folder; None -> built-in synthetic set
-    synthetic_domain: str = "polyp"
-    synthetic_n: int = 72
-    clients: int = 3
-    labeled_fraction: float = 0.15
-    partition: str = "size"  # iid | dirichlet | size
-    dirichlet_alpha: float = 0.5
-    val_fraction: float = 0.15  # used only when the dataset has no val split
-    test_fraction: float = 0.0
-    split: str | None = None  # split file (e.g. from `samfed data split`); None -> made from the above
-    image_size: int = 128
+    data: str | None = setting(None)  # dataset folder; None -> built-in synthetic set
+    synthetic_domain: str = setting("polyp", choices=_reg("samfed.data.synth", "DOMAINS"))
+    synthetic_n: int = setting(72, ge=8, le=100_000)
+    clients: int = setting(3, ge=1, le=1000)
+    labeled_fraction: float = setting(0.15, gt=0, lt=1)
+    partition: str = setting("size", choices=_reg("samfed.data.partition", "SCHEMES"))
+    dirichlet_alpha: float = setting(0.5, gt=0)
+    val_fraction: float = setting(0.15, ge=0, lt=1)  # used only when the dataset has no val split
+    test_fraction: float = setting(0.0, ge=0, lt=1)
+    split: str | None = setting(None)  # split file (`samfed data split`); None -> made from the above
+    image_size: int = setting(128, ge=32, le=4096, step=16)
     # method
-    method: str = "samfed"
-    students: list[str] = field(default_factory=lambda: ["unet-s"])
-    global_student: str | None = None  # architecture of the global model; default: students[0]
-    norm: str = "batch"
-    aggregation: str = "auto"  # auto (fedavg if homogeneous else distill) | fedavg | distill
-    agreement: str = "override"  # override | weighted | ignore | vote | anneal | naive | teacher
-    agreement_tau: float = 0.8
-    agreement_rampup: float = 2.0  # rounds until the students get their full say
-    lambda_sam: float = 1.0
-    lambda_kd: float = 1.0
-    rampup_rounds: float = 1.0  # sigmoid ramp-up of lambda_sam and lambda_kd
-    kd_temperature: float = 2.0
-    kd_gate: str = "teacher"  # teacher: KD only where the global model agrees with the teacher | none
-    fixmatch_threshold: float = 0.95
-    strong_aug: bool = True
-    weak_aug: bool = True
+    method: str = setting("samfed", choices=_reg("samfed.method.methods", "METHODS"))
+    students: list[str] = setting(["unet-s"], choices=STUDENT_NAMES)
+    global_student: str | None = setting(None, choices=STUDENT_NAMES)  # default: students[0]
+    norm: str = setting("batch", choices=_reg("samfed.models.layers", "NORMS"))
+    # auto: fedavg if homogeneous else distill
+    aggregation: str = setting("auto", choices=_reg("samfed.method.aggregation", "AGGREGATORS", "auto"))
+    agreement: str = setting("override", choices=_reg("samfed.method.agreement", "AGREEMENTS"))
+    agreement_tau: float = setting(0.8, ge=0, le=1)
+    agreement_rampup: float = setting(2.0, ge=0, le=10_000)  # rounds until the students get their full say
+    lambda_sam: float = setting(1.0, ge=0, le=100)
+    lambda_kd: float = setting(1.0, ge=0, le=100)
+    rampup_rounds: float = setting(1.0, ge=0, le=10_000)  # sigmoid ramp-up of lambda_sam and lambda_kd
+    kd_temperature: float = setting(2.0, ge=0.1, le=100)
+    # teacher: KD only where the global model agrees with the teacher | none
+    kd_gate: str = setting("teacher", choices=("teacher", "none"))
+    fixmatch_threshold: float = setting(0.95, ge=0.5, le=1)
+    strong_aug: bool = setting(True)
+    weak_aug: bool = setting(True)
     # teacher
-    teacher: str = "litemedsam"
-    teacher_checkpoint: str | None = None
-    teacher_mode: str = "decoder"  # decoder | lora | none (pretrained, not fine-tuned)
-    teacher_epochs: int = 10
-    teacher_prompt: str | None = None  # none | full-box | global-box; None -> the teacher's default
-    teacher_cache: str | None = None  # shared folder for teacher maps; None -> inside the run dir
+    teacher: str = setting("litemedsam")  # backbone name or fine-tuned teacher folder
+    teacher_checkpoint: str | None = setting(None)
+    # decoder | lora | none (pretrained, not fine-tuned)
+    teacher_mode: str = setting("decoder", choices=_reg("samfed.teacher.finetune", "MODES", "none"))
+    # None -> the teacher's default
+    teacher_prompt: str | None = setting(None, choices=_reg("samfed.teacher.prompts", "PROMPT_MODES"))
+    teacher_epochs: int = setting(10, ge=1, le=10_000)
+    # shared folder for teacher maps; None -> inside the run dir
+    teacher_cache: str | None = setting(None, machine=True)
     # schedule
-    rounds: int = 4
-    local_epochs: int = 1
-    server_epochs: int = 20  # initial supervised training of the global model on D_p
-    warmup_epochs: int = 10  # client warm-up on D_p (heterogeneous students only)
-    distill_epochs: int = 5  # server ensemble distillation per round (heterogeneous)
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    precision: str = "fp32"  # "bf16": bfloat16 autocast + channels-last (2-3x faster on AMX CPUs)
-    device: str = "cpu"  # cpu | cuda | cuda:N | auto (CUDA when available)
+    rounds: int = setting(4, ge=0, le=10_000)
+    local_epochs: int = setting(1, ge=1, le=10_000)
+    server_epochs: int = setting(20, ge=0, le=10_000)  # initial supervised training on D_p
+    warmup_epochs: int = setting(10, ge=0, le=10_000)  # client warm-up on D_p (heterogeneous students only)
+    distill_epochs: int = setting(5, ge=1, le=10_000)  # server ensemble distillation per round
+    batch_size: int = setting(8, ge=1, le=4096)
+    lr: float = setting(1e-3, gt=0, le=1)
+    weight_decay: float = setting(1e-4, ge=0, le=1)
+    # "bf16": bfloat16 autocast + channels-last (2-3x faster on AMX CPUs)
+    precision: str = setting("fp32", choices=_reg("samfed.method.precision", "PRECISIONS"))
+    # cpu | cuda | cuda:N | auto (CUDA when available); checked on the machine that runs
+    device: str = setting("cpu", machine=True)
     # run
-    seed: int = 0
-    threads: int | None = None
-    out: str | None = None
+    seed: int = setting(0, ge=0, lt=2**63)
+    threads: int | None = setting(None, ge=1, le=1024, machine=True)
+    out: str | None = setting(None, machine=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,15 +193,36 @@ class RunConfig:
             return self.aggregation
         return "distill" if self.heterogeneous else "fedavg"
 
-    def override(self, **kw: Any) -> RunConfig:
-        """A copy with the non-None keyword values applied (command-line flags)."""
-        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+    @classmethod
+    def machine_settings(cls) -> tuple[str, ...]:
+        """Fields about the computer a run happens on (threads, device, paths of caches)."""
+        return tuple(f.name for f in fields(cls) if f.metadata["rule"].machine)
+
+    def validate(self, source: str = "config", names: Iterable[str] | None = None) -> RunConfig:
+        """Check the fields `names` (default: all) and the relations between fields; ints given for
+        float fields become floats. Raises SamfedError naming the field and what it accepts."""
+        hints = _hints()
+        for f in fields(self):
+            if names is None or f.name in names:
+                value = _checked(f.name, getattr(self, f.name), hints[f.name], f.metadata["rule"], source)
+                setattr(self, f.name, value)
+        for ok, msg in _relations(self):
+            if not ok:
+                raise SamfedError(f"{source}: {msg}")
+        return self
+
+    def override(self, source: str = CLI, **kw: Any) -> RunConfig:
+        """A copy with the non-None keyword values applied (command-line flags), validated."""
+        kw = {k: v for k, v in kw.items() if v is not None}
+        return replace(self, **kw).validate(source, kw)
 
     def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_toml(), encoding="utf-8")
+
+    def to_toml(self) -> str:
         import tomli_w
 
-        clean = {k: v for k, v in self.to_dict().items() if v is not None}
-        Path(path).write_text(tomli_w.dumps(clean))
+        return tomli_w.dumps({k: v for k, v in self.to_dict().items() if v is not None})
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
@@ -108,18 +230,109 @@ class RunConfig:
         if not path.is_file():
             raise SamfedError(f"Config file {path} does not exist.")
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise SamfedError(f"Config file {path} is not valid TOML ({exc}).") from None
         return cls.from_dict(raw, source=str(path))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
+        """A validated RunConfig from a flat table (TOML file, server message)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise SamfedError(f"{source} has unknown setting(s) {', '.join(unknown)}.")
-        try:
-            return cls(**raw)
-        except TypeError as exc:
-            raise SamfedError(f"{source} is not a valid run configuration ({exc}).") from None
+            raise SamfedError(
+                f"{source} has unknown setting(s) {', '.join(unknown)}; "
+                f"the settings are: {', '.join(sorted(known))}."
+            )
+        return replace(cls(), **raw).validate(source)
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)
+
+
+def _checked(name: str, value: Any, hint: Any, rule: Rule, source: str) -> Any:
+    """`value` (an int for a float field converted) if it fits `hint` and `rule`, else SamfedError."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    if value is None and optional:
+        return None
+    is_list = typing.get_origin(base) is list
+    elem = typing.get_args(base)[0] if is_list else base
+    if not is_list:
+        fixed = _scalar(value, elem, rule)
+        if fixed is not _BAD:
+            return fixed
+    elif isinstance(value, list) and value:
+        items = [_scalar(v, elem, rule) for v in value]
+        if all(v is not _BAD for v in items):
+            return items
+    names = rule.names()
+    values = value if is_list and isinstance(value, list) else [value]
+    unknown = [v for v in values if isinstance(v, str) and v.strip() and names is not None and v not in names]
+    if elem is str and unknown:
+        entry = " entry" if is_list else ""
+        choose = ", ".join(names)
+        raise SamfedError(f"{source}: unknown {name}{entry} {unknown[0]!r}; choose one of: {choose}.")
+    label = f"--{name.replace('_', '-')}" if source == CLI else f"setting {name}"
+    expected = _expected(elem, rule)
+    if is_list:
+        expected = f"a non-empty list of names, each {expected}"
+    if optional:
+        expected += " (or left out)"
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise SamfedError(f"{source}: {label} must be {expected}, got {shown}.")
+
+
+_BAD = object()
+
+
+def _expected(kind: type, rule: Rule) -> str:
+    """'an integer >= 0', 'one of: a, b', ... for a scalar of type `kind` under `rule`."""
+    detail = rule.describe()
+    if kind is str and detail:
+        return detail
+    return f"{_TYPE_WORDS[kind]} {detail}".strip()
+
+
+def _scalar(v: Any, kind: type, rule: Rule) -> Any:
+    """v converted to `kind` when it is one and fits the rule; _BAD otherwise."""
+    if kind is bool:
+        return v if isinstance(v, bool) else _BAD
+    if kind is str:
+        return v if isinstance(v, str) and v.strip() and rule.text_ok(v) else _BAD
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return _BAD
+    if kind is int and not isinstance(v, int):
+        return _BAD
+    v = kind(v)
+    return v if math.isfinite(v) and rule.bounds_ok(v) else _BAD
+
+
+def _relations(cfg: RunConfig) -> list[tuple[bool, str]]:
+    """Checks that involve several fields: (holds, message)."""
+    return [
+        (
+            cfg.val_fraction + cfg.test_fraction < 1,
+            "val_fraction + test_fraction must be below 1 (images must remain for training).",
+        ),
+        (
+            cfg.aggregation_rule != "fedavg" or not cfg.heterogeneous,
+            "FedAvg needs one student architecture for all clients and the global model; "
+            "use --aggregation distill.",
+        ),
+    ]
+
+
+def changed_settings(before: RunConfig, after: RunConfig, ignore: Iterable[str] = ()) -> list[str]:
+    """'name (old -> new)' for every field that differs between two configs, except `ignore`."""
+    skip = set(ignore)
+    a, b = before.to_dict(), after.to_dict()
+    return [f"{k} ({a[k]!r} -> {b[k]!r})" for k in a if k not in skip and a[k] != b[k]]

@@ -139,15 +139,15 @@ def train(
         saved = RunDir(out).config
         if not saved.is_file():
             raise SamfedError(f"Nothing to resume in {out}: it has no config.toml.")
-        changed = sorted(
-            k for k, v in flags.items() if v is not None and k not in ("rounds", "threads", "device")
-        )
+        may_change = ("rounds", *(k for k in RunConfig.machine_settings() if k in flags))
+        changed = sorted(k for k, v in flags.items() if v is not None and k not in may_change)
         if changed:
+            allowed = ", ".join(f"--{k.replace('_', '-')}" for k in may_change)
             raise SamfedError(
-                f"--resume continues the saved configuration; only --rounds, --threads and --device may "
-                f"change (got --{changed[0].replace('_', '-')})."
+                f"--resume continues the saved configuration; only {allowed} may change "
+                f"(got --{changed[0].replace('_', '-')})."
             )
-        cfg = RunConfig.load(saved).override(rounds=rounds, threads=threads, device=device)
+        cfg = RunConfig.load(saved).override(**{k: flags[k] for k in may_change})
     else:
         cfg = RunConfig.load(config) if config is not None else RunConfig()
         cfg = cfg.override(**flags)

@@ -64,6 +64,13 @@ def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
 
 
+def first_nonfinite(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor of a state dict holding NaN or inf, else None."""
+    return next(
+        (k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None
+    )
+
+
 def _labeled_batch(labeled: SegArrays, idx: torch.Tensor, cfg: RunConfig, prep: Preprocessing, gen, device):
     x, y = labeled.batch(idx, prep, device)
     if cfg.weak_aug:

@@ -8,6 +8,7 @@ Layout::
     teacher/             fine-tuned teacher (samfed.teacher.save_teacher) + finetune.json
     cache/               teacher maps and encoder embeddings (not in the manifest)
     state/checkpoint.pt  resume state after the last finished round (atomic writes)
+    state/config.toml    the configuration the run started with (resume refuses changed method settings)
     global/              global student  (export.checkpoint: student.safetensors + student.json)
     clients/<k>/         each client's student, same format
     metrics.jsonl        one JSON object per event: server init, client update, round summary, final
@@ -30,6 +31,7 @@ from typing import Any
 from samfed.errors import SamfedError
 
 MANIFEST_SKIP = ("cache", "manifest.json")
+RUN_FORMAT = "samfed-run/1"
 
 
 def _clean(v: Any) -> Any:
@@ -78,6 +80,7 @@ class RunDir:
     teacher = property(lambda self: self.root / "teacher")
     cache = property(lambda self: self.root / "cache")
     checkpoint = property(lambda self: self.root / "state" / "checkpoint.pt")
+    start_config = property(lambda self: self.root / "state" / "config.toml")
     global_dir = property(lambda self: self.root / "global")
     metrics = property(lambda self: self.root / "metrics.jsonl")
     plots = property(lambda self: self.root / "plots")
@@ -97,9 +100,25 @@ class RunDir:
             f.write(json.dumps(_clean(record), sort_keys=True) + "\n")
 
     def read_metrics(self) -> list[dict]:
+        """The records of metrics.jsonl. A last line that is not JSON (the process was killed while
+        appending it) is skipped; a bad line before it raises SamfedError."""
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line]
+        lines = self.metrics.read_bytes().decode("utf-8", errors="replace").splitlines()
+        records = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                rec = None
+            if not isinstance(rec, dict) or not isinstance(rec.get("round", 0), int):
+                if i == len(lines) - 1:
+                    break
+                raise SamfedError(f"{self.metrics} line {i + 1} is not a metrics record; the log is corrupt.")
+            records.append(rec)
+        return records
 
     def truncate_metrics(self, last_round: int) -> None:
         """Keep only records of rounds <= last_round (and round-less ones): used when resuming."""
@@ -141,9 +160,23 @@ class RunDir:
             if not p.is_file() or rel.parts[0] in MANIFEST_SKIP or p.name.endswith(".tmp"):
                 continue
             files[rel.as_posix()] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        manifest = {"format": "samfed-run/1", "files": files}
+        manifest = {"format": RUN_FORMAT, "files": files}
         self.write_json(self.manifest, manifest)
         return manifest
+
+
+def manifest_format(folder: str | Path) -> str | None:
+    """The `format` of folder/manifest.json (which kind of samfed artefact the folder holds: a run,
+    an export, ...); None without a manifest, "unreadable" when it is not a JSON object."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "unreadable"
+    fmt = data.get("format") if isinstance(data, dict) else None
+    return fmt if isinstance(fmt, str) else "unreadable"
 
 
 def verify_manifest(root: str | Path) -> list[str]:

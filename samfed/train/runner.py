@@ -18,6 +18,8 @@ same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +29,17 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from samfed.config import RunConfig
+from samfed.config import RunConfig, changed_settings
 from samfed.errors import SamfedError
 from samfed.method.aggregation import ClientResult, aggregate
 from samfed.method.arrays import SegArrays, concat, derive_seed, predict_proba
 from samfed.method.device import resolve_device
-from samfed.method.local_update import client_update, state_copy
+from samfed.method.local_update import client_update, first_nonfinite, state_copy
 from samfed.method.methods import MethodSpec, method_spec
 from samfed.method.server import baseline_round, init_global, warmup_client
 from samfed.preprocess import Preprocessing
 from samfed.train.evaluation import evaluate_arrays, map_dice
-from samfed.train.run_dir import RunDir
+from samfed.train.run_dir import RunDir, atomic_write_text, manifest_format
 
 CHECKPOINT_FORMAT = 1
 
@@ -61,46 +63,70 @@ class RunResult:
 
 
 def validate_config(cfg: RunConfig) -> None:
-    """Raise SamfedError for settings a user can get wrong."""
-    from samfed.method.agreement import AGREEMENTS
-    from samfed.method.precision import PRECISIONS
-    from samfed.models import STUDENTS, list_students
-
+    """Raise SamfedError for settings a user can get wrong: every field's type and range
+    (RunConfig.validate), the method and the device on this machine."""
+    cfg.validate()
     method_spec(cfg.method)
     resolve_device(cfg.device)
-    for name in [*cfg.students, cfg.global_arch]:
-        if name not in STUDENTS:
-            raise SamfedError(f"unknown student {name!r}; choose one of: {', '.join(list_students())}.")
-    checks = [
-        (
-            cfg.agreement in AGREEMENTS,
-            f"Unknown agreement {cfg.agreement!r}; choose one of {', '.join(AGREEMENTS)}.",
-        ),
-        (
-            cfg.aggregation in ("auto", "fedavg", "distill"),
-            "The aggregation must be auto, fedavg or distill.",
-        ),
-        (
-            cfg.aggregation_rule != "fedavg" or not cfg.heterogeneous,
-            "FedAvg needs one student architecture for all clients and the global model; "
-            "use --aggregation distill.",
-        ),
-        (cfg.teacher_mode in ("decoder", "lora", "none"), "The teacher mode must be decoder, lora or none."),
-        (cfg.kd_gate in ("none", "teacher"), "The KD gate must be none or teacher."),
-        (cfg.precision in PRECISIONS, f"The precision must be one of {', '.join(PRECISIONS)}."),
-        (cfg.rounds >= 0 and cfg.local_epochs >= 1, "Rounds must be >= 0 and local epochs >= 1."),
-        (
-            cfg.image_size >= 32 and cfg.image_size % 16 == 0,
-            "The image size must be a multiple of 16, at least 32.",
-        ),
-        (
-            cfg.batch_size >= 1 and cfg.clients >= 1,
-            "The batch size and the number of clients must be at least 1.",
-        ),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise SamfedError(msg)
+
+
+def check_run_folder(run: RunDir, resume: bool) -> None:
+    """A new run needs a new or empty folder; --resume needs a folder holding a run."""
+    root = run.root
+    if root.exists() and not root.is_dir():
+        raise SamfedError(f"--out {root} is a file; a run directory must be a new or empty folder.")
+    if resume:
+        if not run.config.is_file():
+            raise SamfedError(f"Nothing to resume in {root}: it holds no run (no config.toml).")
+        return
+    if run.config.is_file():
+        raise SamfedError(
+            f"{root} already holds a run; pass --resume to continue it or choose another --out."
+        )
+    kind = manifest_format(root)
+    if kind is not None:
+        raise SamfedError(
+            f"{root} holds a {kind} artefact (manifest.json), not a training run; choose another --out."
+        )
+    if root.is_dir() and any(root.iterdir()):
+        raise SamfedError(f"{root} is not empty and holds no run; choose a new or empty --out.")
+
+
+def check_resume(cfg: RunConfig, run: RunDir, done: int) -> None:
+    """Refuse to resume with fewer rounds than `done` or with settings that differ from the ones
+    the run started with (state/config.toml), except the round count and machine settings."""
+    if cfg.rounds < done:
+        raise SamfedError(
+            f"{run.root} has finished {done} rounds; it cannot be resumed with --rounds {cfg.rounds} "
+            f"(pass {done} or more)."
+        )
+    if not run.start_config.is_file():
+        return
+    changed = changed_settings(
+        RunConfig.load(run.start_config), cfg, ignore=("rounds", *RunConfig.machine_settings())
+    )
+    if changed:
+        raise SamfedError(
+            f"The settings of {run.root} changed since the run started ({', '.join(changed)}); "
+            "--resume continues the original settings: restore them, or start a new run."
+        )
+
+
+def require_finite(
+    model: nn.Module | dict, run: RunDir, where: str, loss: float | None = None, round_: int | None = None
+) -> None:
+    """Stop the run with one line when `loss` or a weight of `model` (module or state dict) is NaN
+    or infinite: the settings made training diverge."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    bad = f"the loss is {loss}" if loss is not None and not math.isfinite(loss) else None
+    name = None if bad else first_nonfinite(state)
+    if bad is None and name is None:
+        return
+    saved = f"rounds up to {round_ - 1} stay saved in {run.root}" if round_ else "nothing was saved"
+    raise SamfedError(
+        f"Training diverged in {where}: {bad or f'weight {name} is not finite'}; {saved}. "
+        "Lower lr or the loss weights and start a new run."
+    )
 
 
 def auto_threads(requested: int | None) -> int:
@@ -108,11 +134,10 @@ def auto_threads(requested: int | None) -> int:
     - 0.5): oversubscribed intra-op threads make small CPU models up to 10x slower than one thread."""
     if requested:
         return requested
-    import os
-
     cores = os.cpu_count() or 1
+    loadavg = getattr(os, "getloadavg", None)  # absent on Windows
     try:
-        busy = os.getloadavg()[0] >= cores - 0.5
+        busy = loadavg is not None and loadavg()[0] >= cores - 0.5
     except OSError:
         busy = False
     return 1 if busy else max(1, min(torch.get_num_threads(), cores))
@@ -369,15 +394,20 @@ def train(
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     spec = method_spec(cfg.method)
     run = RunDir(out)
-    if resume:
-        if not run.checkpoint.is_file():
-            raise SamfedError(f"Nothing to resume in {run.root}: no finished round was saved there.")
-    elif run.config.is_file():
-        raise SamfedError(
-            f"{run.root} already holds a run; pass --resume to continue it or choose another --out."
-        )
+    check_run_folder(run, resume)
+    state = None
+    if resume and run.checkpoint.is_file():
+        state = run.load_state()
+        check_resume(cfg, run, int(state["round"]))
+    elif resume:
+        check_resume(cfg, run, 0)
+        say(f"no round of {run.root} had finished: starting it again")
+        run.metrics.unlink(missing_ok=True)
+        resume = False
     run.root.mkdir(parents=True, exist_ok=True)
-    cfg.save(run.config)
+    if not run.start_config.is_file():
+        atomic_write_text(run.start_config, cfg.to_toml())
+    atomic_write_text(run.config, cfg.to_toml())
 
     dataset, split = prepare_dataset(cfg, run, say)
     sets = load_sets(dataset, split, cfg)
@@ -394,12 +424,12 @@ def train(
         if federated
         else []
     )
-    start_round, state = 0, None
+    start_round = 0
     if resume:
-        state = run.load_state()
         glob.load_state_dict(state["global_init"])
     else:
         init_info = cached_init_global(glob, sets.labeled, cfg, run)
+        require_finite(glob, run, "the initial training of the global model on D_p")
 
     teacher_info: dict = {}
     sets.teacher_maps = [None] * len(sets.clients)
@@ -441,6 +471,7 @@ def train(
     else:
         for k, m in enumerate(clients):
             warmup_client(m, cfg.client_arch(k), glob, sets.labeled, cfg, derive_seed(cfg.seed, "warmup", k))
+            require_finite(m, run, f"the warm-up of client {k}")
         run.log({"event": "init", "round": 0, **init_info, "teacher": teacher_info})
         log_round(run, 0, glob, clients, sets, prep, {}, {}, 0.0, say)
         run.save_state(round_state(0, glob, clients, cfg, global_init))
@@ -513,6 +544,7 @@ def _run_rounds(
                         r,
                         derive_seed(cfg.seed, "round", r, "client", k),
                     )
+                    require_finite(state, run, f"round {r}, client {k}", met.get("loss"), r)
                     local.load_state_dict(state)
                     results.append(ClientResult(state, n, local, met))
                     client_metrics[k] = {"arch": cfg.client_arch(k), "n": n, **met}
@@ -542,6 +574,7 @@ def _run_rounds(
                 )
                 if progress:
                     bar.advance(task)
+            require_finite(glob, run, f"round {r}, aggregation", None, r)
             log_round(
                 run, r, glob, clients, sets, prep, agg_metrics, client_metrics, time.perf_counter() - t0, say
             )

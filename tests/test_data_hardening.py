@@ -152,6 +152,9 @@ def test_evaluate_refuses_a_size_mismatch_and_a_bad_mask_before_writing(tmp_path
     with pytest.raises(MaskValueError, match="b.png"):
         evaluate_run(tiny_run, root)
     assert not (tiny_run / "eval").exists()  # nothing written for a refused data set
+    _save(root / "masks" / "b.png", _square().astype(np.uint8))  # 0/1: fine
+    result = evaluate_run(tiny_run, root, worst=0)
+    assert result.summary["n_images"] == 2 and (result.out_dir / "per_image.csv").is_file()
 
 
 # ---------------------------------------------------------------- EXIF orientation

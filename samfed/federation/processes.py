@@ -1,20 +1,26 @@
-"""Start, watch and stop the Flower processes of a federation: SuperLink, SuperNodes, `flwr run`.
+"""Start, watch and stop the Flower processes of a federation: SuperLink, gateway, SuperNodes, `flwr`.
 
-Every process is started in its own session (so a Ctrl-C in the terminal reaches only the
-foreground command, which then stops its children cleanly) and stopped by PID together with every
-descendant it spawned (Flower's SuperExec, ServerApp and ClientApp processes), terminate first,
-kill after a grace period. `LocalFederation` bundles a SuperLink and N SuperNodes on loopback for
-tests and single-machine trials and stops all of them on exit, also on failure.
+Flower 1.42 serves the Fleet (nodes), Control (`flwr` CLI: list, stop, start runs) and Runtime
+(ServerApp) APIs of the SuperLink on one HTTP port, so the SuperLink always listens on loopback;
+the sites reach it through the Fleet gateway (`samfed.federation.gateway`), which `start_server`
+puts on the public address and which forwards the Fleet API only. A SuperNode needs a second,
+loopback port for its local ClientApp runtime. `flwr` reads its SuperLink connection from
+`$FLWR_HOME/config.toml` (`write_flwr_home`: the loopback Control address); it never needs the
+internet.
 
-Flower 1.42 serves the Fleet, Control and Runtime APIs of the SuperLink on one HTTP port; a
-SuperNode needs a second port for its local ClientApp runtime. `flwr run` reads its SuperLink
-connection from `$FLWR_HOME/config.toml`, which `write_flwr_home` writes; it never needs the
-internet. Torch-free.
+Every process runs with `child_env` (telemetry off, this interpreter's bin folder on PATH) in a
+session of its own (a Ctrl-C in the terminal reaches only the foreground command, which then stops
+its children cleanly), and is stopped by PID together with every descendant seen (Flower's
+SuperExec, ServerApp and ClientApp processes), terminate first, kill after a grace period;
+`stopping_on_exit` does that for everything started inside it, on SIGTERM and SIGINT too.
+`LocalFederation` bundles a server and N SuperNodes on one machine for tests and single-machine
+trials. Torch-free.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -22,8 +28,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +41,8 @@ APP_NAME = "samfed-federation"
 CONNECTION = "samfed"
 SERVER_COMPONENT = "samfed.federation.server_app:app"
 CLIENT_COMPONENT = "samfed.federation.client_app:app"
+TELEMETRY_OFF = {"FLWR_TELEMETRY_ENABLED": "0"}
+EXTRA_API_SWITCHES = ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")
 
 
 def flower_bin(name: str) -> str:
@@ -47,11 +56,38 @@ def flower_bin(name: str) -> str:
     return found
 
 
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every process samfed starts (Flower's and the `flwr` CLI).
+
+    This process's environment plus `extra`, then: Flower telemetry off; this interpreter's bin
+    folder first on PATH (Flower starts flower-superexec, flwr-serverapp and flwr-clientapp from
+    PATH, so a samfed started by its full path without the venv activated still finds them);
+    without Flower's switches that open extra gRPC API ports on their default (public) addresses.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in EXTRA_API_SWITCHES}
+    env.update({k: v for k, v in (extra or {}).items() if k not in EXTRA_API_SWITCHES})
+    env.update(TELEMETRY_OFF)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env["PATH"]]) if env.get("PATH") else bin_dir
+    return env
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now on `host` (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether `port` can be bound on `host` right now."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -60,6 +96,41 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.x.x.x, ::1 and localhost: addresses only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def dial_host(host: str) -> str:
+    """The address to connect to for a server listening on `host` (wildcards: loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def join_address(host: str, port: int) -> str:
+    """HOST:PORT, with brackets around an IPv6 address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """HOST:PORT (or [IPv6]:PORT) -> (host, port); SamfedError when it is not one."""
+    host, sep, port = address.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SamfedError(
+            f"{address!r} is not a server address; expected HOST:PORT, e.g. server.example.org:9092."
+        )
+    return host, int(port)
 
 
 def process_tree(pid: int) -> list:
@@ -73,19 +144,39 @@ def process_tree(pid: int) -> list:
         return []
 
 
-def stop_tree(pid: int, grace: float = 5.0, sig: int = signal.SIGTERM) -> None:
-    """Send `sig` to `pid` and every descendant, wait `grace` seconds, SIGKILL what is left."""
+def _descendants(procs: list) -> list:
     import psutil
 
-    procs = process_tree(pid)
+    out = []
     for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.send_signal(sig)
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(alive, timeout=grace)
+        with contextlib.suppress(psutil.Error):
+            out += p.children(recursive=True)
+    return out
+
+
+def terminate(procs: list, grace: float = 5.0, sig: int = signal.SIGTERM) -> None:
+    """Send `sig` to every psutil Process in `procs` (and to what they spawn meanwhile), wait up to
+    `grace` seconds, SIGKILL what is left. A process whose PID was reused is never touched
+    (psutil checks the creation time)."""
+    import psutil
+
+    pending = {p.pid: p for p in procs}
+    for _ in range(3):  # children started while the first ones shut down get the same treatment
+        for p in pending.values():
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(sig)
+        _, alive = psutil.wait_procs(list(pending.values()), timeout=grace)
+        late = {p.pid: p for p in _descendants(alive) if p.pid not in pending}
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=grace)
+        if not late:
+            return
+        pending = late
+
+
+_STARTED: list[FlowerProcess] = []
 
 
 @dataclass
@@ -95,18 +186,24 @@ class FlowerProcess:
     name: str
     popen: subprocess.Popen
     log: Path
-    known: set[int] = field(default_factory=set)
+    handles: dict = field(default_factory=dict)  # pid -> psutil.Process of it and every descendant seen
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
+    @property
+    def known(self) -> set[int]:
+        """PIDs of this process and of every descendant seen so far."""
+        return set(self.handles) | {self.pid}
+
     def alive(self) -> bool:
         return self.popen.poll() is None
 
     def remember_children(self) -> None:
-        """Record the current descendants' PIDs (so they can be stopped even after re-parenting)."""
-        self.known.update(p.pid for p in process_tree(self.pid))
+        """Record the current descendants (so they can be stopped even after re-parenting)."""
+        for p in process_tree(self.pid):
+            self.handles.setdefault(p.pid, p)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -117,35 +214,79 @@ class FlowerProcess:
     def stop(self, grace: float = 5.0) -> None:
         """Terminate the process and everything it started (by PID), kill after `grace` s."""
         self.remember_children()
-        stop_tree(self.pid, grace)
-        for pid in self.known - {self.pid}:
-            stop_tree(pid, grace=1.0)
+        terminate(list(self.handles.values()), grace)
         try:
             self.popen.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
+        with contextlib.suppress(ValueError):
+            _STARTED.remove(self)
 
     def crash(self) -> None:
         """SIGKILL the process and its descendants at once, as a power cut would."""
-        stop_tree(self.pid, grace=2.0, sig=signal.SIGKILL)
+        self.remember_children()
+        terminate(list(self.handles.values()), grace=2.0, sig=signal.SIGKILL)
         self.popen.wait()
+        with contextlib.suppress(ValueError):
+            _STARTED.remove(self)
 
 
 def start_process(name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> FlowerProcess:
-    """Start `cmd` in a new session with stdout+stderr to `log`."""
+    """Start `cmd` in a new session with stdout+stderr to `log`, environment `child_env(env)`.
+
+    The process is registered: `stopping_on_exit` stops it (and its descendants) by PID.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **(env or {})}
     with open(log, "ab") as fh:
         popen = subprocess.Popen(
             cmd,
             stdout=fh,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=full_env,
+            env=child_env(env),
             start_new_session=True,
         )
-    return FlowerProcess(name, popen, log)
+    proc = FlowerProcess(name, popen, log)
+    proc.remember_children()
+    _STARTED.append(proc)
+    return proc
+
+
+def remember_started() -> None:
+    """Record the current descendants of every started process that still runs."""
+    for proc in list(_STARTED):
+        if proc.alive():
+            proc.remember_children()
+
+
+@contextlib.contextmanager
+def stopping_on_exit(grace: float = 5.0) -> Iterator[None]:
+    """Inside: SIGTERM and SIGINT raise KeyboardInterrupt. On leaving, by any route, every process
+    started inside is stopped by PID with all its descendants (also those in sessions of their
+    own, which a signal to our process group never reaches); further signals wait until then."""
+    first = len(_STARTED)
+    main = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    old = {}
+    if main:
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        old = {s: signal.signal(s, interrupt) for s in signals}
+    try:
+        yield
+    finally:
+        if main:
+            for s in signals:
+                signal.signal(s, signal.SIG_IGN)
+        try:
+            for proc in reversed(_STARTED[first:]):
+                proc.stop(grace)
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
 
 
 def wait_for_port(proc: FlowerProcess, host: str, port: int, timeout: float = 60.0) -> None:
@@ -163,7 +304,10 @@ def wait_for_port(proc: FlowerProcess, host: str, port: int, timeout: float = 60
 def superlink_command(
     host: str, port: int, tls: TlsFiles | None = None, node_auth: bool = False, database: str | None = None
 ) -> list[str]:
-    """`flower-superlink` arguments: one port for all APIs; TLS when `tls` is given, else --insecure."""
+    """`flower-superlink` arguments: all its APIs on `host:port`, which must be a loopback address
+    (the sites reach it through the Fleet gateway); TLS when `tls` is given, else --insecure."""
+    if not is_loopback(host):
+        raise ValueError(f"the SuperLink serves its Control API too: it listens on loopback only, not {host}")
     cmd = [flower_bin("flower-superlink"), "--host", host, "--port", str(port)]
     cmd += ["--disable-runtime-dependency-installation"]
     if database:
@@ -184,6 +328,92 @@ def superlink_command(
         if node_auth:
             cmd.append("--enable-supernode-auth")
     return cmd
+
+
+def gateway_command(
+    host: str, port: int, upstream_port: int, tls: TlsFiles | None = None, max_body_mb: float | None = None
+) -> list[str]:
+    """`python -m samfed.federation.gateway` arguments: Fleet API on `host:port` -> 127.0.0.1:upstream."""
+    cmd = [sys.executable, "-m", "samfed.federation.gateway", "--host", host, "--port", str(port)]
+    cmd += ["--upstream-port", str(upstream_port), "--parent-pid", str(os.getpid())]
+    if tls is not None:
+        cmd += [
+            "--certfile",
+            str(tls.server_cert),
+            "--keyfile",
+            str(tls.server_key),
+            "--ca-cert",
+            str(tls.ca_cert),
+        ]
+    if max_body_mb is not None:
+        cmd += ["--max-body-mb", str(max_body_mb)]
+    return cmd
+
+
+@dataclass
+class FlowerServer:
+    """The server side of a federation: a SuperLink on loopback and, in front of it, the Fleet
+    gateway on the address the sites dial (the only port that faces them)."""
+
+    superlink: FlowerProcess
+    gateway: FlowerProcess | None
+    control: str  # loopback HOST:PORT of the SuperLink: Control API for the operator's `flwr`
+    fleet: str  # HOST:PORT the sites' SuperNodes connect to (the gateway's, or the SuperLink's)
+    home: Path  # $FLWR_HOME whose connection `samfed` is the Control API
+
+    @property
+    def processes(self) -> list[FlowerProcess]:
+        return [self.superlink, *([self.gateway] if self.gateway else [])]
+
+    def exited(self) -> FlowerProcess | None:
+        """The first of its processes that is no longer running (None while all run)."""
+        return next((p for p in self.processes if not p.alive()), None)
+
+    def stop(self, grace: float = 5.0) -> None:
+        for p in reversed(self.processes):
+            p.stop(grace)
+
+
+def start_server(
+    host: str,
+    port: int,
+    folder: Path,
+    tls: TlsFiles | None = None,
+    node_keys: Iterable[Path] = (),
+    node_auth: bool | None = None,
+    gateway: bool | None = None,
+) -> FlowerServer:
+    """Start the SuperLink on loopback (logs, Flower homes in `folder`), register `node_keys`
+    (node authentication is on when there are any, or when `node_auth`), then open the Fleet
+    gateway on `host:port`, so no node can knock before its key is known. `gateway=None`: a
+    gateway unless `host` is loopback (then the SuperLink itself listens on `host:port`). Stops
+    what it started when a step fails."""
+    node_keys = list(node_keys)
+    node_auth = bool(node_keys) if node_auth is None else node_auth
+    gateway = not is_loopback(host) if gateway is None else gateway
+    link_host, link_port = ("127.0.0.1", free_port("127.0.0.1")) if gateway else (host, port)
+    superlink = start_process(
+        "SuperLink",
+        superlink_command(link_host, link_port, tls, node_auth),
+        folder / "superlink.log",
+        env=flwr_env(folder / "superlink-home"),
+    )
+    control = join_address(link_host, link_port)
+    home = write_flwr_home(folder / "flwr-home", control, tls.ca_cert if tls else None)
+    server = FlowerServer(superlink, None, control, join_address(host, port), home)
+    try:
+        wait_for_port(superlink, link_host, link_port)
+        for key in node_keys:
+            register_node(key, home, name=key.stem)
+        if gateway:
+            server.gateway = start_process(
+                "Fleet gateway", gateway_command(host, port, link_port, tls), folder / "gateway.log"
+            )
+            wait_for_port(server.gateway, dial_host(host), port)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def format_node_config(values: dict[str, object]) -> str:
@@ -207,7 +437,7 @@ def supernode_command(
     auth_key: Path | None = None,
     host: str = "127.0.0.1",
 ) -> list[str]:
-    """`flower-supernode` arguments; `port` is the node's local ClientApp runtime port."""
+    """`flower-supernode` arguments; `port` is the node's local ClientApp runtime port (loopback)."""
     cmd = [flower_bin("flower-supernode"), "--superlink", superlink, "--host", host, "--port", str(port)]
     cmd += ["--node-config", format_node_config(node_config)]
     if root_cert is None:
@@ -279,7 +509,7 @@ def flwr_cli(args: list[str], home: Path, timeout: float) -> subprocess.Complete
         [flower_bin("flwr"), *args],
         capture_output=True,
         text=True,
-        env={**os.environ, **flwr_env(home)},
+        env=child_env(flwr_env(home)),
         timeout=timeout,
         check=False,
     )
@@ -311,14 +541,12 @@ def run_status(run_id: int, home: Path, timeout: float = 60) -> str:
         return ""
 
 
-def register_node(public_key: Path, home: Path, name: str | None = None) -> None:
+def register_node(public_key: Path, home: Path, name: str | None = None, timeout: float = 60) -> None:
     """`flwr supernode register KEY.pub samfed` (SuperLink started with node authentication)."""
-    cmd = [flower_bin("flwr"), "supernode", "register", str(public_key), CONNECTION]
+    args = ["supernode", "register", str(public_key), CONNECTION]
     if name:
-        cmd += ["--name", name]
-    res = subprocess.run(
-        cmd, capture_output=True, text=True, env={**os.environ, **flwr_env(home)}, check=False
-    )
+        args += ["--name", name]
+    res = flwr_cli(args, home, timeout)
     if res.returncode != 0:
         raise SamfedError(
             f"registering node key {public_key} failed: {(res.stdout + res.stderr).strip()[-300:]}"
@@ -335,7 +563,9 @@ class NodeSpec:
 
 
 class LocalFederation:
-    """A SuperLink and SuperNodes on loopback (free ports), stopped by PID on exit (also on failure).
+    """A SuperLink and SuperNodes on this machine (free ports), stopped by PID on exit (also on
+    failure). With a non-loopback `host` (e.g. 0.0.0.0) the SuperLink stays on loopback and the
+    nodes connect through the Fleet gateway on `host`, exactly as `samfed serve` runs it.
 
     with LocalFederation(workdir, nodes=[NodeSpec({...}), ...]) as fed:
         run_id = fed.submit(run_config)
@@ -353,14 +583,27 @@ class LocalFederation:
         self.node_specs = list(nodes)
         self.tls, self.node_auth, self.host = tls, node_auth, host
         self.port = free_port(host)
-        self.superlink: FlowerProcess | None = None
+        self.server: FlowerServer | None = None
         self.nodes: list[FlowerProcess] = []
         self.home = self.workdir / "flwr-home"
         self.app_dir = self.workdir / "flower-app"
 
     @property
+    def superlink(self) -> FlowerProcess | None:
+        return self.server.superlink if self.server else None
+
+    @property
+    def gateway(self) -> FlowerProcess | None:
+        return self.server.gateway if self.server else None
+
+    @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """What the nodes dial: the Fleet port (the gateway's when `host` is not loopback)."""
+        return join_address(dial_host(self.host), self.port)
+
+    @property
+    def processes(self) -> list[FlowerProcess]:
+        return [*(self.server.processes if self.server else []), *self.nodes]
 
     def __enter__(self) -> LocalFederation:
         try:
@@ -374,16 +617,11 @@ class LocalFederation:
         self.stop()
 
     def start(self) -> None:
-        root = self.tls.ca_cert if self.tls else None
-        write_flwr_home(self.home, self.address, root)
-        write_app_dir(self.app_dir)
-        self.superlink = start_process(
-            "SuperLink",
-            superlink_command(self.host, self.port, self.tls, self.node_auth),
-            self.workdir / "logs" / "superlink.log",
-            env=flwr_env(self.workdir / "superlink-home"),
+        self.server = start_server(
+            self.host, self.port, self.workdir / "logs", self.tls, node_auth=self.node_auth
         )
-        wait_for_port(self.superlink, self.host, self.port)
+        self.home = self.server.home
+        write_app_dir(self.app_dir)
         for spec in self.node_specs:
             self.add_node(spec)
 
@@ -394,11 +632,11 @@ class LocalFederation:
             if spec.auth_key is None:
                 raise SamfedError("Node authentication is on, so every node needs a key.")
             register_node(spec.auth_key.with_suffix(".pub"), self.home, name=f"node-{i}")
-        port = free_port(self.host)
+        port = free_port("127.0.0.1")
         root = self.tls.ca_cert if self.tls else None
         proc = start_process(
             f"SuperNode {i}",
-            supernode_command(self.address, port, spec.node_config, root, spec.auth_key, self.host),
+            supernode_command(self.address, port, spec.node_config, root, spec.auth_key),
             self.workdir / "logs" / f"supernode-{i}.log",
             env={**flwr_env(self.workdir / f"supernode-{i}-home"), **spec.env},
         )
@@ -412,6 +650,8 @@ class LocalFederation:
         return run_status(run_id, self.home)
 
     def stop(self) -> None:
-        """Stop every node and the SuperLink with all their children (idempotent)."""
-        for proc in [*self.nodes, *([self.superlink] if self.superlink else [])]:
+        """Stop every node, the gateway and the SuperLink with all their children (idempotent)."""
+        for proc in self.nodes:
             proc.stop()
+        if self.server is not None:
+            self.server.stop()

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from pathlib import Path
 
 import numpy as np
 
+from edge.manifest import member_path
+from edge.onnx_external import external_data_locations
 from samfed.errors import SamfedError
 from samfed.teacher.predict import PredictMixin
 from samfed.teacher.prompts import check_prompt
@@ -48,6 +51,25 @@ class _OvGraph:
         return np.asarray(self.model(inputs)[self.model.output(0)])
 
 
+def _graph_paths(folder: Path, encoder: object, decoders: object) -> dict[str, Path]:
+    """{"encoder" | decoder key: path} of the teacher's .onnx files, each (and its external data)
+    inside `folder`; SamfedError for a malformed list, a path leaving the folder or a missing file."""
+    if not isinstance(decoders, dict) or not {"none", "box"} <= set(decoders):
+        raise SamfedError(f"{folder}/{MANIFEST} must name the decoders 'none' and 'box'.")
+    paths: dict[str, Path] = {}
+    try:
+        for key, name in {"encoder": encoder, **decoders}.items():
+            paths[key] = member_path(folder, name, f"teacher {key} file")
+            if not paths[key].is_file():
+                raise SamfedError(f"Exported teacher {folder} lacks {name}.")
+            parent = paths[key].parent.relative_to(folder).as_posix()
+            for loc in external_data_locations(paths[key]):
+                member_path(folder, posixpath.join(parent, loc), f"external data of {name}")
+    except ValueError as exc:
+        raise SamfedError(f"Exported teacher {folder} is not valid: {exc}.") from None
+    return paths
+
+
 class OnnxTeacher(PredictMixin):
     """An exported teacher folder run on CPU. `backend`: "onnxruntime" or "openvino"."""
 
@@ -62,13 +84,11 @@ class OnnxTeacher(PredictMixin):
         if backend not in BACKENDS:
             raise SamfedError(f"Unknown teacher runtime {backend!r}; choose one of: {', '.join(BACKENDS)}.")
         graph = _OrtGraph if backend == "onnxruntime" else _OvGraph
-        missing = [f for f in (encoder, *decoders.values()) if not (folder / f).is_file()]
-        if missing:
-            raise SamfedError(f"Exported teacher {folder} lacks {', '.join(missing)}.")
+        paths = _graph_paths(folder, encoder, decoders)
         self.backend = backend
         self.prompt = check_prompt(self.manifest["prompt"])
-        self.encoder = graph(folder / encoder, threads)
-        self.decoders = {k: graph(folder / f, threads) for k, f in decoders.items()}
+        self.encoder = graph(paths["encoder"], threads)
+        self.decoders = {k: graph(paths[k], threads) for k in decoders}
         # maps of different runtimes never share cache entries with the torch teacher
         self.hash = hashlib.sha256(f"{self.manifest['teacher_hash']}:{backend}".encode()).hexdigest()
 

@@ -595,7 +595,7 @@ def test_unwritable_output_is_one_line(exported, few_images, tmp_path, capsys):
     code, _, err = cli(capsys, "predict", str(exported), *map(str, sorted(few_images.iterdir())), "--out",
                        str(out), "--resume", "--backend", "onnxruntime")  # fmt: skip
     assert_one_line_error(code, err, "Cannot write", "masks")
-    if os.geteuid() != 0:  # root writes into read-only folders
+    if hasattr(os, "geteuid") and os.geteuid() != 0:  # root writes into read-only folders
         ro = tmp_path / "ro"
         ro.mkdir()
         ro.chmod(0o555)
@@ -646,3 +646,30 @@ def test_signed_predict_and_resume_without_torch(export_copy, few_images, tmp_pa
     assert res.returncode == 0, res.stderr
     assert "LEAKED []" in res.stdout and "4 kept" in " ".join(res.stdout.split())
     assert len(_csv_ids(out)) == 4
+
+
+def test_exported_teacher_files_stay_inside_their_folder(tmp_path, exported):
+    from edge.teacher_runtime import MANIFEST, OnnxTeacher
+
+    (tmp_path / "evil.onnx").write_bytes((exported / "model_fp32.onnx").read_bytes())
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    base = {
+        "input": {"size": 256, "convention": "stretch-unit", "lowres": 256},
+        "prompt": "full-box",
+        "teacher_hash": "0" * 64,
+    }
+    cases = {
+        "../evil.onnx": {"encoder": "../evil.onnx", "decoders": {"none": "n.onnx", "box": "b.onnx"}},
+        str(tmp_path / "evil.onnx"): {
+            "encoder": str(tmp_path / "evil.onnx"),
+            "decoders": {"none": "n", "box": "b"},
+        },
+        "not a relative file name": {"encoder": 5, "decoders": {"none": "n.onnx", "box": "b.onnx"}},
+        "must name the decoders": {"encoder": "e.onnx", "decoders": {"none": "n.onnx"}},
+        "lacks e.onnx": {"encoder": "e.onnx", "decoders": {"none": "n.onnx", "box": "b.onnx"}},
+    }
+    for needle, files in cases.items():
+        (folder / MANIFEST).write_text(json.dumps(base | files))
+        with pytest.raises(SamfedError, match=needle.replace(".", r"\.")):
+            OnnxTeacher(folder)

@@ -158,8 +158,23 @@ def _delete(root: Path, paths: list[Path]) -> None:
             parent = parent.parent
 
 
+def _leaves(path: Path, inside: Path) -> bool:
+    """Whether `path`, symlinks resolved, is outside the folder `inside` (or cannot be resolved)."""
+    try:
+        return not path.resolve().is_relative_to(inside)
+    except (OSError, RuntimeError):  # symlink loop
+        return True
+
+
 def _refuse_foreign(root: Path, targets: list[Path], own: set[Path], sources: list[str]) -> None:
-    """SamfedError if predict would write a file it did not write, or delete an input image."""
+    """SamfedError if predict would write a file it did not write, write or delete through a
+    symlink that leaves `root`, or delete an input image."""
+    inside = root.resolve()
+    for t in [*targets, *own]:
+        if _leaves(t, inside):
+            raise SamfedError(
+                f"{t} leads outside the output folder {root} (a symlink); choose another --out."
+            )
     for t in targets:
         if t not in own and (t.exists() or t.is_symlink()):
             raise SamfedError(f"{t} exists and was not written by samfed predict; choose another --out.")
@@ -196,6 +211,7 @@ def open_output(
             )
         if mode == "resume":
             _check_resumable(root, settings, ids, sources, old_settings, old_ids, old_sources)
+            _refuse_foreign(root, [], set(own_files(root, ids)), [])
             folder.done = _journal_rows(root, ids, overlays)
             _write_journal(root, list(folder.done.values()))
             return folder

@@ -525,6 +525,24 @@ def test_overwrite_only_deletes_inside_the_output_folder(exported, few_images, t
     assert victim.read_text() == "keep"
 
 
+def test_symlinks_out_of_the_output_folder_are_refused(exported, polyp_dir, tmp_path, capsys):
+    data = Path(shutil.copytree(polyp_dir, tmp_path / "data"))
+    imgs = sorted((data / "images").glob("*.jpg"))[:2]
+    out = tmp_path / "out"
+    assert cli(capsys, "predict", str(exported), *map(str, imgs), "--out", str(out), "--no-overlays")[0] == 0
+    shutil.rmtree(out / "masks")
+    for img in imgs:  # ground truth stored under the very names predict uses
+        Image.open(data / "masks" / img.name).save(data / "masks" / f"{img.stem}.png")
+    (out / "masks").symlink_to(data / "masks")  # the earlier run's mask names now lead to ground truth
+    before = {p: p.read_bytes() for p in (data / "masks").iterdir()}
+    for flag in ("--overwrite", "--resume"):
+        code, _, err = cli(
+            capsys, "predict", str(exported), *map(str, imgs), "--out", str(out), "--no-overlays", flag
+        )
+        assert_one_line_error(code, err, "leads outside the output folder")
+    assert {p: p.read_bytes() for p in (data / "masks").iterdir()} == before
+
+
 def _predictor(exported: Path, threshold: float | None = None) -> Predictor:
     pred = Predictor.from_model(exported, "onnxruntime", threads=1, batch=2)
     if threshold is not None:

@@ -184,6 +184,29 @@ def _refuse_foreign(root: Path, targets: list[Path], own: set[Path], sources: li
             raise SamfedError(f"Input image {s} is an output of the earlier predict run in {root}.")
 
 
+def check_output(root: Path, mode: Mode) -> tuple[dict, list[str], list[str]] | None:
+    """The cheap checks of open_output, without writing: SamfedError unless `root` is new, empty
+    or an earlier predict output that `mode` may replace or resume. Returns that earlier run's
+    (settings, ids, sources), or None."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise SamfedError(f"Output {root} exists and is not a folder; choose a folder for --out.")
+    if not (root / RECORD_NAME).is_file():
+        if root.is_dir() and any(root.iterdir()):
+            raise SamfedError(
+                f"Output folder {root} is not empty and holds no earlier `samfed predict` output; "
+                "predict never writes over other files: choose an empty or new --out."
+            )
+        return None
+    earlier = _read_record(root)
+    if mode == "new":
+        raise SamfedError(
+            f"Output folder {root} holds an earlier predict output ({len(earlier[1])} images): "
+            "pass --overwrite to replace it or --resume to finish it."
+        )
+    return earlier
+
+
 def open_output(
     root: str | Path, ids: list[str], sources: list[str], settings: dict, overlays: bool, mode: Mode = "new"
 ) -> OutputFolder:
@@ -192,23 +215,11 @@ def open_output(
     Writes the record before any image output. `mode`: see the module docstring.
     """
     root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise SamfedError(f"Output {root} exists and is not a folder; choose a folder for --out.")
-    has_record = (root / RECORD_NAME).is_file()
-    if root.is_dir() and not has_record and any(root.iterdir()):
-        raise SamfedError(
-            f"Output folder {root} is not empty and holds no earlier `samfed predict` output; "
-            "predict never writes over other files: choose an empty or new --out."
-        )
+    earlier = check_output(root, mode)
     settings = json.loads(json.dumps(settings))  # the form it takes in the record
     folder = OutputFolder(root, ids, overlays)
-    if has_record:
-        old_settings, old_ids, old_sources = _read_record(root)
-        if mode == "new":
-            raise SamfedError(
-                f"Output folder {root} holds an earlier predict output ({len(old_ids)} images): "
-                "pass --overwrite to replace it or --resume to finish it."
-            )
+    if earlier is not None:
+        old_settings, old_ids, old_sources = earlier
         if mode == "resume":
             _check_resumable(root, settings, ids, sources, old_settings, old_ids, old_sources)
             _refuse_foreign(root, [], set(own_files(root, ids)), [])

@@ -62,7 +62,7 @@ def predict(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from edge.pipeline import collect_images, run_files
-    from edge.predict_out import write_summary
+    from edge.predict_out import check_output, write_summary
     from edge.predictor import Predictor
     from samfed.data.io import IMAGE_EXTS
     from samfed.errors import SamfedError
@@ -72,6 +72,8 @@ def predict(
         raise SamfedError("--batch, --workers and --threads must be at least 1.")
     if overwrite and resume:
         raise SamfedError("--overwrite and --resume exclude each other: choose one.")
+    mode = "overwrite" if overwrite else "resume" if resume else "new"
+    check_output(out, mode)  # before any model is loaded
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         predictor = Predictor.from_model(model, backend, precision, threads, batch, trusted_key or ())
@@ -110,7 +112,7 @@ def predict(
                 progress.console.print(f"[yellow]skipped:[/] {why}", highlight=False, soft_wrap=True),
                 progress.advance(task),
             ),
-            mode="overwrite" if overwrite else "resume" if resume else "new",
+            mode=mode,
         )
         progress.advance(task, report.resumed)
     summary = report.to_dict() | {

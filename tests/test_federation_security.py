@@ -197,13 +197,28 @@ def test_node_gives_up_on_a_closed_port_with_one_line(tmp_path):
 # ---- real processes ------------------------------------------------------------------------------
 
 
+def _running(h: psutil.Process) -> bool:
+    """Alive and not a zombie (is_running checks the creation time: a reused PID is not ours)."""
+    try:
+        return h.is_running() and h.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _cmd(h: psutil.Process) -> str:
+    try:
+        return " ".join(h.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _trees(procs) -> list[psutil.Process]:
     """Every live process of the started processes' trees (remembered descendants included)."""
     out = {}
     for p in procs:
         p.remember_children()
         for h in p.handles.values():
-            if h.is_running() and h.status() != psutil.STATUS_ZOMBIE:
+            if _running(h):
                 out[h.pid] = h
     return list(out.values())
 
@@ -226,7 +241,7 @@ def _environments(procs) -> dict[str, dict[str, str]]:
     envs = {}
     for h in _trees(procs):
         try:
-            envs[f"{h.pid} {' '.join(h.cmdline()[:2])}"] = h.environ()
+            envs[f"{h.pid} {_cmd(h)[:120]}"] = h.environ()
         except psutil.Error:
             continue
     return envs
@@ -250,10 +265,8 @@ def _attacker_cannot_control(tmp_path: Path, public: str, ca: Path, run_id: int 
 
 
 def _all_stopped(procs, handles: list[psutil.Process]) -> None:
-    alive = [
-        h.pid for h in handles if h.is_running() and h.status() != psutil.STATUS_ZOMBIE
-    ]  # is_running checks the creation time: a reused PID is not ours
-    assert not alive, f"still running: {[' '.join(psutil.Process(p).cmdline()[:3]) for p in alive]}"
+    alive = [_cmd(h)[:120] for h in handles if _running(h)]
+    assert not alive, f"still running: {alive}"
 
 
 @pytest.mark.slow
@@ -281,7 +294,7 @@ def test_only_the_fleet_gateway_faces_the_network(tmp_path):
         procs = [*server.processes, small]
         handles = _trees(procs)
         assert {(ip, p) for _, ip, p in _public_listeners(procs)} == {("0.0.0.0", port)}
-        names = " ".join(" ".join(h.cmdline()[:3]) for h in handles)
+        names = " ".join(_cmd(h) for h in handles)
         assert "flower-superexec" in names and "samfed.federation.gateway" in names
         for name, env in _environments(procs).items():
             assert env.get("FLWR_TELEMETRY_ENABLED") == "0", name
@@ -439,7 +452,7 @@ def test_sigterm_and_sigint_stop_every_process_started(tmp_path):
         ], tmp_path / "node.log", env=BARE_PATH)  # fmt: skip
 
         def cmdlines() -> str:
-            return " ".join(" ".join(h.cmdline()) for h in seen.values() if h.is_running())
+            return " ".join(_cmd(h) for h in seen.values() if _running(h))
 
         end = time.monotonic() + 300
         while time.monotonic() < end and not (
@@ -449,16 +462,16 @@ def test_sigterm_and_sigint_stop_every_process_started(tmp_path):
             seen.update({h.pid: h for h in _trees([serve, node])})
             time.sleep(0.5)
         assert "flwr-serverapp" in cmdlines() and "flower-superexec" in cmdlines(), cmdlines()
-        assert sum("samfed.federation.gateway" in " ".join(h.cmdline()) for h in seen.values()) == 1
+        assert sum("samfed.federation.gateway" in _cmd(h) for h in seen.values()) == 1
         assert (
             len(seen) >= 7
         )  # serve, gateway, SuperLink, SuperExec, ServerApp, node, SuperNode (+ SuperExec)
-        os.kill(node.pid, signal.SIGINT)
-        os.kill(serve.pid, signal.SIGTERM)
+        os.killpg(node.pid, signal.SIGINT)  # as Ctrl-C in its terminal
+        os.killpg(serve.pid, signal.SIGTERM)  # as a service manager stopping it
         assert node.popen.wait(timeout=60) != 0 and serve.popen.wait(timeout=60) != 0
         time.sleep(1)
-        survivors = [h for h in seen.values() if h.is_running() and h.status() != psutil.STATUS_ZOMBIE]
-    assert not survivors, [" ".join(h.cmdline()[:3]) for h in survivors]
+        survivors = [_cmd(h)[:120] for h in seen.values() if _running(h)]
+    assert not survivors, survivors
     assert "Traceback" not in serve.log.read_text() and "Traceback" not in node.log.read_text()
 
 

@@ -7,6 +7,8 @@ round wall time, and per node the local-update wall/CPU time, the ClientApp star
 round start and the round's peak memory; and whether the final global weights are identical.
 
     python benchmarks/federation.py --out bench_out/federation --rounds 3 --images 24 --size 64
+
+`--host 0.0.0.0` routes the nodes through the Fleet gateway, as `samfed serve` always does.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--host", default="127.0.0.1", help="server address; non-loopback: through the Fleet gateway"
+    )
     args = ap.parse_args()
 
     import torch
@@ -36,7 +41,7 @@ def main() -> None:
     from samfed.config import RunConfig
     from samfed.data.synth import write_synthetic
     from samfed.federation.options import ServerOptions
-    from samfed.federation.processes import LocalFederation, NodeSpec
+    from samfed.federation.processes import LocalFederation, NodeSpec, is_loopback
     from samfed.train.runner import train
 
     out = args.out.resolve()
@@ -74,7 +79,7 @@ def main() -> None:
     ]
     opts = ServerOptions(run_dir=str(run_dir), teacher_runtime="torch", connect_timeout=300)
     t0 = time.perf_counter()
-    with LocalFederation(out / "flower", nodes) as fed:
+    with LocalFederation(out / "flower", nodes, host=args.host) as fed:
         fed.submit(opts.to_run_config())
         status_file = run_dir / "federation" / "status.json"
         while True:
@@ -117,7 +122,9 @@ def main() -> None:
     (out / "federation.json").write_text(json.dumps(result, indent=1))
     lines = [
         f"Rounds: {args.rounds}, clients: {args.clients}, {args.images} images at {args.size} px, "
-        f"{args.threads} thread(s) per node. Identical final global weights: {identical}.",
+        f"{args.threads} thread(s) per node, server on {args.host}"
+        f"{'' if is_loopback(args.host) else ' (Fleet gateway)'}. "
+        f"Identical final global weights: {identical}.",
         "",
         "| round | in-process s | Flower s | node | local wall s | local CPU s | ClientApp start-up s "
         "| RSS at start MB | peak RSS MB |",

@@ -194,6 +194,26 @@ def test_node_gives_up_on_a_closed_port_with_one_line(tmp_path):
     assert res.returncode != 0 and "HOST:PORT" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_serve_refuses_a_busy_port_and_a_certificate_without_loopback(tmp_path):
+    import socket
+
+    data = tmp_path / "data"
+    data.mkdir()
+    bad = make_certificates(tmp_path / "certs", ["server.example.org"])
+    res = _cli("serve", "--out", str(tmp_path / "a"), "--data", str(data), "--certs", str(bad.ca_cert.parent))
+    assert res.returncode != 0 and "must also list 127.0.0.1" in res.stderr and "Traceback" not in res.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = _cli(
+            "serve", "--out", str(tmp_path / "b"), "--data", str(data), "--insecure",
+            "--host", "127.0.0.1", "--port", str(port),
+        )  # fmt: skip
+    assert res.returncode != 0 and f"Port {port}" in res.stderr and "in use" in res.stderr, res.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written
+
+
 # ---- real processes ------------------------------------------------------------------------------
 
 

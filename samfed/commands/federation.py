@@ -117,7 +117,7 @@ def serve(
 
 def _server_tls(certs: Path | None, insecure: bool, node_key: list[Path] | None):
     """The server's TLS files from --certs (None with --insecure); SamfedError on a bad setup."""
-    from samfed.federation.tls import TlsFiles
+    from samfed.federation.tls import TlsFiles, certificate_hosts
 
     tls = None
     if certs is not None:
@@ -125,6 +125,16 @@ def _server_tls(certs: Path | None, insecure: bool, node_key: list[Path] | None)
         missing = [p for p in (tls.ca_cert, tls.server_cert, tls.server_key) if not p.is_file()]
         if missing:
             raise SamfedError(f"--certs {certs} lacks {', '.join(p.name for p in missing)}.")
+        try:
+            hosts = certificate_hosts(tls.server_cert)
+        except ValueError:
+            raise SamfedError(f"{tls.server_cert} is not a PEM certificate.") from None
+        if "127.0.0.1" not in hosts:
+            raise SamfedError(
+                f"The server certificate {tls.server_cert} must also list 127.0.0.1 (the gateway, "
+                "SuperExec and flwr reach the SuperLink on loopback); it lists: "
+                f"{', '.join(sorted(hosts)) or 'no names'}."
+            )
     elif not insecure:
         raise SamfedError("Pass --certs DIR for TLS, or --insecure for a trial on a trusted network.")
     if node_key and tls is None:

@@ -3,6 +3,7 @@
 - `make_certificates(folder, hosts)`: a private CA plus a SuperLink server certificate signed by it,
   valid for the given host names / IP addresses. Good for tests and for a pilot between two sites;
   a production deployment uses certificates from the hospital's own PKI (same three files).
+- `certificate_hosts(cert)`: the names and addresses a certificate is valid for.
 - `make_node_key(folder, name)`: an ECDSA P-384 key pair in OpenSSH format, the format
   `flower-supernode --auth-supernode-private-key` and `flwr supernode register` expect.
 
@@ -129,6 +130,19 @@ def make_certificates(
         ),
     )
     return files
+
+
+def certificate_hosts(path: str | Path) -> set[str]:
+    """Host names and IP addresses a PEM certificate is valid for (its subject alternative names);
+    ValueError when the file is not a PEM certificate."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {*names.get_values_for_type(x509.DNSName), *map(str, names.get_values_for_type(x509.IPAddress))}
 
 
 def make_node_key(folder: str | Path, name: str = "node") -> NodeKey:

@@ -18,15 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.manifest import MANIFEST_NAME, sha256_file
+from edge.manifest import FORMAT, MANIFEST_NAME, sha256_file
 from edge.session import open_session
+from edge.signature import SIGNATURE_NAME
 from export.checkpoint import WEIGHTS, load_student_checkpoint, read_checkpoint_info
 from export.images import ImageSet, export_images
 from export.latency import cpu_info, measure_interleaved, random_inputs
 from export.manifest_writer import write_manifest
-from export.parity import dice_vs_gt, mask_agreement, run_batched
+from export.parity import dice_vs_gt, mask_agreement, nonfinite_images, run_batched
 from export.recommend import recommend
-from samfed.errors import SamfedError
+from samfed.errors import SamfedError, require_folder_or_new
+from samfed.train.run_dir import manifest_format
 
 
 @dataclass(frozen=True)
@@ -68,18 +70,45 @@ def default_out_dir(source: str | Path) -> Path:
     return (info.run_dir or info.dir) / "export"
 
 
+EXPORT_WRITES = (MANIFEST_NAME, SIGNATURE_NAME, *(n for s in SPECS.values() for n in s.files))
+
+
+def _check_out(out: Path) -> None:
+    """`out` must be new, empty, a previous export, or what an interrupted export left (only files
+    an export writes); a file or a folder of another artefact (a run, ...) is refused."""
+    require_folder_or_new(out)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    kind = manifest_format(out)
+    if kind is None and all(p.name in EXPORT_WRITES for p in out.iterdir()):
+        return
+    if kind is None:
+        raise SamfedError(
+            f"Output folder {out} is not empty and holds no previous export; choose another --out."
+        )
+    if kind != FORMAT:
+        raise SamfedError(
+            f"Output folder {out} holds a {kind} artefact (its manifest.json), not an export; "
+            "choose another --out."
+        )
+
+
 def _prepare_out(out: Path) -> None:
-    """Create `out`; a previous export there is replaced, any other non-empty folder is refused."""
-    if out.exists() and not out.is_dir():
-        raise SamfedError(f"Output {out} exists and is not a folder.")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MANIFEST_NAME).is_file():
-            raise SamfedError(
-                f"Output folder {out} is not empty and holds no previous export; choose another --out."
-            )
-        for f in [MANIFEST_NAME, *(n for s in SPECS.values() for n in s.files)]:
-            (out / f).unlink(missing_ok=True)
+    """Create `out` after `_check_out`; the files of a previous export there are removed."""
+    _check_out(out)
+    for f in EXPORT_WRITES:
+        (out / f).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _require_finite(logits: np.ndarray, what: str) -> None:
+    """SamfedError when (N, 1, S, S) logits of the held-out images hold NaN or inf."""
+    bad = nonfinite_images(logits)
+    if bad:
+        raise SamfedError(
+            f"{what} gives non-finite outputs (NaN or inf) on {bad} of {len(logits)} held-out images; "
+            "such a model cannot be exported: retrain it."
+        )
 
 
 def _build_files(
@@ -134,6 +163,7 @@ def export_student(
     prep, threshold = meta["prep"], meta["threshold"]
     run_dir = read_checkpoint_info(source).run_dir
     out = Path(out_dir) if out_dir else default_out_dir(source)
+    _check_out(out)
     calib, held = export_images(
         meta, run_dir, prep, Path(calib_folder) if calib_folder else None, n_calib, n_heldout
     )
@@ -146,14 +176,17 @@ def export_student(
         for k, s in SPECS.items()
         if s.backend in BACKEND_CHOICES[backend] and (int8 or s.precision == "fp32")
     ]
+    with torch.inference_mode():
+        ref = run_batched(lambda b: model(torch.from_numpy(b)).numpy(), held.x)
+    _require_finite(ref, f"The model {meta['dir']}")
     _prepare_out(out)
     with tempfile.TemporaryDirectory() as tmp:
         _build_files(model, prep.size, out, Path(tmp), keys, calib, nncf_subset, log)
 
-    with torch.inference_mode():
-        ref = run_batched(lambda b: model(torch.from_numpy(b)).numpy(), held.x)
     sessions = {k: open_session(out / SPECS[k].path, SPECS[k].backend, threads) for k in keys}
     logits = {k: run_batched(s.run, held.x) for k, s in sessions.items()}
+    for k, x in logits.items():
+        _require_finite(x, f"The exported {k} artefact")
     artefacts: dict[str, dict] = {}
     for k in keys:
         spec = SPECS[k]

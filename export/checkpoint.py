@@ -16,15 +16,18 @@ client in ``clients/<k>/``); it may hold ``split.json`` (``samfed.data.partition
 ``server_labeled``, ``clients``, ``val``, ``test`` id lists). `resolve_checkpoint` accepts a run
 directory (-> ``global/``), a checkpoint directory, or the ``student.safetensors`` file next to its
 ``student.json``. Training writes with `save_student_checkpoint`; export reads with
-`load_student_checkpoint`. Missing or wrong files raise `SamfedError` with one sentence.
+`load_student_checkpoint`. Missing or wrong files (bad preprocessing or threshold, weights that
+do not fit or are not finite) raise `SamfedError` with one sentence.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from edge.manifest import check_threshold, parse_preprocessing
+from samfed.config import RunConfig
 from samfed.errors import SamfedError
 from samfed.preprocess import Preprocessing
 
@@ -93,21 +96,44 @@ class CheckpointInfo:
         return None
 
 
+def _student_size(size: int) -> None:
+    """ValueError unless a student runs at `size` px (the rule of RunConfig.image_size)."""
+    rule = next(f for f in fields(RunConfig) if f.name == "image_size").metadata["rule"]
+    if not rule.bounds_ok(size):
+        raise ValueError(f"preprocessing size must be {rule.describe()} for a student, got {size}")
+
+
 def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
-    """Parse student.json without touching torch."""
+    """Parse and check student.json (preprocessing, threshold) without touching torch."""
     d = resolve_checkpoint(path)
     try:
-        meta = json.loads((d / META).read_text())
+        meta = json.loads((d / META).read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        prep = parse_preprocessing(meta["preprocessing"])
+        _student_size(prep.size)
         return CheckpointInfo(
             d,
             str(meta["arch"]),
             str(meta.get("norm", "batch")),
-            Preprocessing.from_dict(meta["preprocessing"]),
-            float(meta.get("threshold", 0.5)),
+            prep,
+            check_threshold(meta.get("threshold", 0.5)),
             meta,
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise SamfedError(f"{d / META} is not a valid student description ({exc}).") from None
+
+
+def check_finite_weights(state: dict, path: Path) -> None:
+    """SamfedError when a floating-point tensor of `state` holds NaN or inf (a diverged run)."""
+    from samfed.method.local_update import first_nonfinite
+
+    bad = first_nonfinite(state)
+    if bad is not None:
+        raise SamfedError(
+            f"Weights in {path} are not finite (tensor {bad} holds NaN or inf): the run that wrote them "
+            "diverged; use a checkpoint of a run that trained normally."
+        )
 
 
 def load_student_checkpoint(path: str | Path):
@@ -123,6 +149,7 @@ def load_student_checkpoint(path: str | Path):
         state = load_file(str(info.dir / WEIGHTS))
     except (SafetensorError, OSError) as exc:
         raise SamfedError(f"Cannot read weights {info.dir / WEIGHTS}: {exc}.") from None
+    check_finite_weights(state, info.dir / WEIGHTS)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from samfed.data.io import read_image, read_mask
+from samfed.data.partition import Split
 from samfed.data.readers import Dataset, Sample, load_dataset
 from samfed.errors import SamfedError
 from samfed.preprocess import Preprocessing, to_input
@@ -85,7 +86,7 @@ def _run_data(meta: dict, run_dir: Path | None) -> tuple[Path, dict | None] | No
     elif split is None and run_dir is not None and (run_dir / "split.json").is_file():
         split = run_dir / "split.json"
     if isinstance(split, Path):
-        split = json.loads(split.read_text()) if split.is_file() else None
+        split = Split.load(split).to_dict() if split.is_file() else None
     return path, split if isinstance(split, dict) else None
 
 

@@ -34,6 +34,11 @@ def dice_vs_gt(logits: np.ndarray, gts: list[np.ndarray], threshold: float = 0.5
     return float(np.mean(scores))
 
 
+def nonfinite_images(logits: np.ndarray) -> int:
+    """How many of the (N, ...) outputs hold a NaN or an infinity."""
+    return int((~np.isfinite(logits.reshape(len(logits), -1))).any(axis=1).sum())
+
+
 def run_batched(fn, x: np.ndarray, batch: int = 8) -> np.ndarray:
     """Apply fn to (N, ...) in chunks of `batch` and concatenate."""
     return np.concatenate([fn(x[i : i + batch]) for i in range(0, len(x), batch)])

@@ -1,5 +1,7 @@
 """User-facing errors: the CLI prints their message as one line and exits non-zero."""
 
+from pathlib import Path
+
 
 class SamfedError(Exception):
     """An error the user can fix (bad path, corrupt file, wrong model file, ...).
@@ -8,3 +10,10 @@ class SamfedError(Exception):
     """
 
     exit_code: int = 2
+
+
+def require_folder_or_new(path: str | Path, flag: str = "--out") -> None:
+    """SamfedError when output folder `path` exists as something other than a folder (a file)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise SamfedError(f"{flag} {p} is a file; pass a folder (new or existing) instead.")

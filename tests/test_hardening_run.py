@@ -304,6 +304,150 @@ def test_ctrl_c_during_training_prints_the_resume_hint(tmp_path):
     assert run.summary.is_file()
 
 
+# ---- 2b. export refuses non-finite models; 4. artefact kinds ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(finished_run, tmp_path_factory) -> Path:
+    """An ONNX FP32 export of the finished run."""
+    from export.build import export_student
+
+    out = tmp_path_factory.mktemp("exported") / "export"
+    opts = dict(int8=False, backend="onnx", n_calib=4, n_heldout=4, latency_iters=2)
+    export_student(finished_run, out, **opts, log=lambda m: None)
+    return out
+
+
+@pytest.fixture
+def signing_key(tmp_path, monkeypatch) -> Path:
+    """Keep `samfed export`'s signing key out of the user's config folder."""
+    key = tmp_path / "keys" / "signing_key.pem"
+    monkeypatch.setenv("SAMFED_SIGNING_KEY", str(key))
+    return key
+
+
+def checkpoint_copy(run: Path, tmp_path: Path, change=None) -> Path:
+    """A copy of the run's global checkpoint; change(state) edits its tensors in place."""
+    from safetensors.torch import load_file, save_file
+
+    dst = tmp_path / "ckpt"
+    shutil.copytree(run / "global", dst)
+    if change is not None:
+        state = load_file(str(dst / "student.safetensors"))
+        change(state)
+        save_file(state, str(dst / "student.safetensors"))
+    return dst
+
+
+def test_export_into_a_run_folder_is_refused(finished_run, tmp_path, capsys, signing_key):
+    run = copy_run(finished_run, tmp_path)
+    before = tree_digest(run)
+    code, text = run_main(capsys, "export", str(run), "--out", str(run), "--backend", "onnx")
+    line = one_error_line(text)
+    assert code == 2 and "holds a samfed-run/1 artefact" in line and "not an export" in line
+    assert tree_digest(run) == before
+
+
+def test_train_into_an_export_folder_is_refused(exported, capsys):
+    before = tree_digest(exported)
+    code, text = run_main(capsys, "train", "--out", str(exported), "--quiet")
+    assert code == 2 and "holds a samfed-export/1 artefact" in one_error_line(text)
+    assert tree_digest(exported) == before
+
+
+def test_export_folder_checks(tmp_path):
+    from export.build import _check_out
+
+    leftovers = tmp_path / "interrupted"
+    leftovers.mkdir()
+    (leftovers / "model_fp32.onnx").write_bytes(b"half")
+    _check_out(leftovers)  # what an interrupted export left may be replaced
+    (leftovers / "notes.txt").write_text("mine")
+    with pytest.raises(SamfedError, match="holds no previous export"):
+        _check_out(leftovers)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SamfedError, match="is a file"):
+        _check_out(tmp_path / "file")
+
+
+def test_export_refuses_non_finite_weights(finished_run, tmp_path):
+    from export.build import export_student
+
+    def poison(state):
+        next(v for v in state.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+
+    ckpt = checkpoint_copy(finished_run, tmp_path, poison)
+    with pytest.raises(SamfedError, match="are not finite"):
+        export_student(ckpt, tmp_path / "out", int8=False, backend="onnx", log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_non_finite_outputs(finished_run, tmp_path):
+    """Finite weights whose outputs overflow float32 (inf logits): parity would compare empty masks
+    with empty masks and report 1.0; the export is refused before anything is written."""
+    from export.build import export_student
+
+    def overflow(state):
+        for v in state.values():
+            if v.is_floating_point() and v.shape[0] == 1 and v.ndim in (1, 4):  # the 1-channel output conv
+                v.fill_(torch.finfo(torch.float32).max)
+
+    ckpt = checkpoint_copy(finished_run, tmp_path, overflow)
+    with pytest.raises(SamfedError, match="gives non-finite outputs"):
+        export_student(ckpt, tmp_path / "out", int8=False, backend="onnx", n_heldout=4, log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_nonfinite_images_counts_images():
+    import numpy as np
+
+    from export.parity import nonfinite_images
+
+    x = np.zeros((3, 1, 4, 4), np.float32)
+    x[1, 0, 2, 2], x[2, 0, 0, 0] = np.nan, np.inf
+    assert nonfinite_images(x) == 2 and nonfinite_images(x[:1]) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda m: m["preprocessing"].update(size=0), "preprocessing size must be"),
+        (lambda m: m["preprocessing"].update(size=72), "a multiple of 16"),
+        (lambda m: m.update(threshold=5.0), "threshold must lie strictly between 0 and 1"),
+    ],
+)
+def test_export_of_a_checkpoint_with_bad_preprocessing_is_one_line(
+    finished_run, tmp_path, capsys, signing_key, change, expected
+):
+    ckpt = checkpoint_copy(finished_run, tmp_path)
+    meta = json.loads((ckpt / "student.json").read_text())
+    change(meta)
+    (ckpt / "student.json").write_text(json.dumps(meta))
+    code, text = run_main(capsys, "export", str(ckpt), "--out", str(tmp_path / "out"), "--backend", "onnx")
+    assert code == 2 and expected in one_error_line(text)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_with_a_corrupt_split_file_in_the_run_is_one_line(finished_run, tmp_path, capsys, signing_key):
+    run = copy_run(finished_run, tmp_path)
+    (run / "split.json").write_text('{"server_labeled": [')
+    code, text = run_main(capsys, "export", str(run), "--out", str(tmp_path / "out"), "--backend", "onnx")
+    assert code == 2 and "is not a samfed split" in one_error_line(text)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_and_evaluate_out_an_existing_file_is_one_line(finished_run, exported, tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("keep me")
+    code, text = run_main(capsys, "bench", str(exported), "--out", str(target), "--iters", "1")
+    assert code == 2 and "is a file" in one_error_line(text)
+    code, text = run_main(
+        capsys, "evaluate", str(finished_run), "--data", str(finished_run / "data"), "--out", str(target)
+    )
+    assert code == 2 and "is a file" in one_error_line(text)
+    assert target.read_text() == "keep me"
+
+
 # ---- 5. low: output paths, Windows, missing torch, permissions -----------------------------------
 
 

@@ -35,8 +35,10 @@ def bench(
     from rich.progress import Progress
 
     from export.bench import rich_table, run_bench, write_reports
-    from samfed.errors import SamfedError
+    from samfed.errors import SamfedError, require_folder_or_new
 
+    if out is not None:
+        require_folder_or_new(out)
     try:
         batches = [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:

@@ -25,11 +25,13 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
-    from samfed.errors import SamfedError
+    from samfed.errors import SamfedError, require_folder_or_new
     from samfed.train.evaluate_run import evaluate_run
 
     if not data.is_dir():
         raise SamfedError(f"Dataset folder {data} does not exist.")
+    if out is not None:
+        require_folder_or_new(out)
     if threads:
         import torch
 

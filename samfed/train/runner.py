@@ -30,7 +30,7 @@ from rich.console import Console
 from torch import nn
 
 from samfed.config import RunConfig, changed_settings
-from samfed.errors import SamfedError
+from samfed.errors import SamfedError, require_folder_or_new
 from samfed.method.aggregation import ClientResult, aggregate
 from samfed.method.arrays import SegArrays, concat, derive_seed, predict_proba
 from samfed.method.device import resolve_device
@@ -73,8 +73,7 @@ def validate_config(cfg: RunConfig) -> None:
 def check_run_folder(run: RunDir, resume: bool) -> None:
     """A new run needs a new or empty folder; --resume needs a folder holding a run."""
     root = run.root
-    if root.exists() and not root.is_dir():
-        raise SamfedError(f"--out {root} is a file; a run directory must be a new or empty folder.")
+    require_folder_or_new(root)
     if resume:
         if not run.config.is_file():
             raise SamfedError(f"Nothing to resume in {root}: it holds no run (no config.toml).")

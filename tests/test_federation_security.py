@@ -194,7 +194,7 @@ def test_node_gives_up_on_a_closed_port_with_one_line(tmp_path):
     assert res.returncode != 0 and "HOST:PORT" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_serve_refuses_a_busy_port_and_a_certificate_without_loopback(tmp_path):
+def test_serve_refuses_a_busy_port_a_foreign_address_and_a_certificate_without_loopback(tmp_path):
     import socket
 
     data = tmp_path / "data"
@@ -211,7 +211,11 @@ def test_serve_refuses_a_busy_port_and_a_certificate_without_loopback(tmp_path):
             "--host", "127.0.0.1", "--port", str(port),
         )  # fmt: skip
     assert res.returncode != 0 and f"Port {port}" in res.stderr and "in use" in res.stderr, res.stderr
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written
+    res = _cli(
+        "serve", "--out", str(tmp_path / "c"), "--data", str(data), "--insecure", "--host", "192.0.2.1"
+    )
+    assert res.returncode != 0 and "Cannot listen on 192.0.2.1:9092" in res.stderr, res.stderr
+    assert not any((tmp_path / x).exists() for x in "abc")  # nothing written
 
 
 # ---- real processes ------------------------------------------------------------------------------

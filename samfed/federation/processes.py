@@ -20,6 +20,7 @@ trials. Torch-free.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
 import os
@@ -80,13 +81,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_free(host: str, port: int) -> bool:
-    """Whether `port` can be bound on `host` right now."""
+    """Whether `port` can be bound on `host` right now (False: in use); SamfedError when `host`
+    is no address of this machine or the port needs privileges."""
     with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
-            return False
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise SamfedError(
+                f"Cannot listen on {join_address(host, port)}: {exc.strerror or exc}."
+            ) from None
     return True
 
 

@@ -13,10 +13,10 @@ happens on, not the method: they may differ on resume. Torch-free.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import math
-import re
 import tomllib
 import typing
 from collections.abc import Callable, Collection, Iterable
@@ -30,7 +30,7 @@ Choices = Callable[[], Collection[str] | None] | tuple[str, ...]
 CLI = "command line"
 
 
-def registry(module: str, name: str, extra: tuple[str, ...] = ()) -> Callable[[], tuple[str, ...] | None]:
+def registry(module: str, name: str, *extra: str) -> Callable[[], tuple[str, ...] | None]:
     """The names of registry `module.name` (a dict's keys or a sequence) plus `extra`, imported on
     first use; None when the module cannot be imported (an install without torch)."""
 
@@ -46,8 +46,8 @@ def registry(module: str, name: str, extra: tuple[str, ...] = ()) -> Callable[[]
 
 @dataclass(frozen=True)
 class Rule:
-    """What one setting accepts beyond its annotated type (bounds apply to numbers; choices and
-    pattern to strings, or to every element of a list)."""
+    """What one setting accepts beyond its annotated type (bounds apply to numbers, choices to
+    strings or to every element of a list)."""
 
     ge: float | None = None
     gt: float | None = None
@@ -55,7 +55,6 @@ class Rule:
     lt: float | None = None
     step: int | None = None  # the value must be a multiple of this
     choices: Choices | None = None
-    pattern: tuple[str, str] | None = None  # (regular expression of the whole string, description)
     machine: bool = False  # about the computer, not the method: may change on resume, stays local
 
     def names(self) -> Collection[str] | None:
@@ -72,9 +71,7 @@ class Rule:
 
     def text_ok(self, v: str) -> bool:
         names = self.names()
-        if names is not None and v not in names:
-            return False
-        return self.pattern is None or re.fullmatch(self.pattern[0], v) is not None
+        return names is None or v in names
 
     def describe(self) -> str:
         """'>= 0 and < 1', 'a multiple of 16', 'one of: a, b', ... (empty when unconstrained)."""
@@ -85,8 +82,6 @@ class Rule:
         names = self.names()
         if names is not None:
             parts.append(f"one of: {', '.join(names)}")
-        if self.pattern:
-            parts.append(self.pattern[1])
         return " and ".join(parts)
 
 
@@ -102,11 +97,7 @@ def setting(default: Any, **rule: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
-def _reg(module: str, name: str, *extra: str) -> Callable[[], tuple[str, ...] | None]:
-    return registry(module, name, extra)
-
-
-STUDENT_NAMES = _reg("samfed.models", "STUDENTS")
+STUDENT_NAMES = registry("samfed.models", "STUDENTS")
 
 
 @dataclass
@@ -115,24 +106,24 @@ class RunConfig:
 
     # data and split
     data: str | None = setting(None)  # dataset folder; None -> built-in synthetic set
-    synthetic_domain: str = setting("polyp", choices=_reg("samfed.data.synth", "DOMAINS"))
+    synthetic_domain: str = setting("polyp", choices=registry("samfed.data.synth", "DOMAINS"))
     synthetic_n: int = setting(72, ge=8, le=100_000)
     clients: int = setting(3, ge=1, le=1000)
     labeled_fraction: float = setting(0.15, gt=0, lt=1)
-    partition: str = setting("size", choices=_reg("samfed.data.partition", "SCHEMES"))
+    partition: str = setting("size", choices=registry("samfed.data.partition", "SCHEMES"))
     dirichlet_alpha: float = setting(0.5, gt=0)
     val_fraction: float = setting(0.15, ge=0, lt=1)  # used only when the dataset has no val split
     test_fraction: float = setting(0.0, ge=0, lt=1)
     split: str | None = setting(None)  # split file (`samfed data split`); None -> made from the above
     image_size: int = setting(128, ge=32, le=4096, step=16)
     # method
-    method: str = setting("samfed", choices=_reg("samfed.method.methods", "METHODS"))
+    method: str = setting("samfed", choices=registry("samfed.method.methods", "METHODS"))
     students: list[str] = setting(["unet-s"], choices=STUDENT_NAMES)
     global_student: str | None = setting(None, choices=STUDENT_NAMES)  # default: students[0]
-    norm: str = setting("batch", choices=_reg("samfed.models.layers", "NORMS"))
+    norm: str = setting("batch", choices=registry("samfed.models.layers", "NORMS"))
     # auto: fedavg if homogeneous else distill
-    aggregation: str = setting("auto", choices=_reg("samfed.method.aggregation", "AGGREGATORS", "auto"))
-    agreement: str = setting("override", choices=_reg("samfed.method.agreement", "AGREEMENTS"))
+    aggregation: str = setting("auto", choices=registry("samfed.method.aggregation", "AGGREGATORS", "auto"))
+    agreement: str = setting("override", choices=registry("samfed.method.agreement", "AGREEMENTS"))
     agreement_tau: float = setting(0.8, ge=0, le=1)
     agreement_rampup: float = setting(2.0, ge=0, le=10_000)  # rounds until the students get their full say
     lambda_sam: float = setting(1.0, ge=0, le=100)
@@ -148,9 +139,9 @@ class RunConfig:
     teacher: str = setting("litemedsam")  # backbone name or fine-tuned teacher folder
     teacher_checkpoint: str | None = setting(None)
     # decoder | lora | none (pretrained, not fine-tuned)
-    teacher_mode: str = setting("decoder", choices=_reg("samfed.teacher.finetune", "MODES", "none"))
+    teacher_mode: str = setting("decoder", choices=registry("samfed.teacher.finetune", "MODES", "none"))
     # None -> the teacher's default
-    teacher_prompt: str | None = setting(None, choices=_reg("samfed.teacher.prompts", "PROMPT_MODES"))
+    teacher_prompt: str | None = setting(None, choices=registry("samfed.teacher.prompts", "PROMPT_MODES"))
     teacher_epochs: int = setting(10, ge=1, le=10_000)
     # shared folder for teacher maps; None -> inside the run dir
     teacher_cache: str | None = setting(None, machine=True)
@@ -164,7 +155,7 @@ class RunConfig:
     lr: float = setting(1e-3, gt=0, le=1)
     weight_decay: float = setting(1e-4, ge=0, le=1)
     # "bf16": bfloat16 autocast + channels-last (2-3x faster on AMX CPUs)
-    precision: str = setting("fp32", choices=_reg("samfed.method.precision", "PRECISIONS"))
+    precision: str = setting("fp32", choices=registry("samfed.method.precision", "PRECISIONS"))
     # cpu | cuda | cuda:N | auto (CUDA when available); checked on the machine that runs
     device: str = setting("cpu", machine=True)
     # run
@@ -241,10 +232,9 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise SamfedError(
-                f"{source} has unknown setting(s) {', '.join(unknown)}; "
-                f"the settings are: {', '.join(sorted(known))}."
-            )
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SamfedError(f"{source} has unknown setting(s) {', '.join(unknown)}{hint}.")
         return replace(cls(), **raw).validate(source)
 
 

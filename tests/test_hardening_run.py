@@ -262,6 +262,19 @@ def test_resume_tolerates_a_torn_metrics_line_and_machine_settings_may_change(fi
     assert all(json.loads(line) for line in run.metrics.read_text().splitlines())
 
 
+def test_resume_of_a_run_stopped_before_its_first_round_starts_it_again(tmp_path):
+    """Killed before round 0 was saved: config.toml exists but no checkpoint; --resume starts over
+    (a rerun without --resume would be refused as 'already holds a run')."""
+    cfg = tiny(rounds=1)
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    cfg.save(run.config)
+    run.metrics.write_text('{"event": "init", "round": 0}\n{"event": "rou')
+    result = train(cfg, run.root, resume=True, progress=False)
+    assert result.summary["config"]["rounds"] == 1
+    assert [r["event"] for r in run.read_metrics()].count("init") == 1
+
+
 def test_a_corrupt_metrics_line_before_the_last_is_one_line(tmp_path):
     run = RunDir(tmp_path)
     run.metrics.write_text('{"round": 0}\nnot json\n{"round": 1}\n')

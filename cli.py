@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import warnings
 
 import click
 import typer
@@ -56,6 +57,17 @@ def _interrupted(verb: str) -> None:
     sys.exit(INTERRUPTED)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """samfed's own warnings (e.g. `DatasetWarning`) as one yellow line; others as Python prints them."""
+    if category.__module__.split(".")[0] in OWN_PACKAGES:
+        _err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def _missing_module(exc: ModuleNotFoundError, verb: str) -> None:
     """A dependency the verb needs is not installed: one line saying what to install."""
     top = (exc.name or "").split(".")[0]
@@ -75,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     is one line too."""
     args = sys.argv[1:] if argv is None else list(argv)
     verb = _verb(args)
+    warnings.showwarning = _show_warning
     try:
         code = app(args=args, prog_name="samfed", standalone_mode=False)
     except click.ClickException as exc:  # usage errors: Typer's own formatting

@@ -34,3 +34,19 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     assert out.returncode != 0
     assert "Traceback" not in out.stderr + out.stdout
     assert "error" in out.stderr.lower()
+
+
+def test_dataset_warnings_are_one_line(tmp_path, polyp_dir):
+    """samfed's own warnings print as one 'warning:' line, without Python's file:line prefix."""
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(polyp_dir, data)
+    nested = data / "images" / "more"
+    nested.mkdir()
+    shutil.copy(next((data / "images").glob("*.jpg")), nested / "x.jpg")
+    out = run_cli("data", "split", str(data), "--clients", "2", "--out", str(tmp_path / "s.json"))
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if "more" in ln]
+    assert lines and lines[0].startswith("warning:"), out.stderr
+    assert "DatasetWarning" not in out.stderr and ".py:" not in out.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samfed.data.io import read_image, read_mask
+from samfed.data.io import read_image, read_pair
 from samfed.data.partition import Split
 from samfed.data.readers import Dataset, Sample, load_dataset
 from samfed.errors import SamfedError
@@ -41,9 +41,13 @@ def _spread(ids: list[str], n: int) -> list[str]:
 
 def load_images(samples: list[Sample], prep: Preprocessing, source: str, with_masks: bool = True) -> ImageSet:
     """Read and preprocess samples; masks are kept only when every sample has one."""
-    x = np.stack([to_input(read_image(s.image), prep) for s in samples])
     has = with_masks and all(s.mask is not None for s in samples)
-    masks = [read_mask(s.mask) for s in samples] if has else None
+    if has:
+        pairs = [read_pair(s.image, s.mask) for s in samples]
+        images, masks = [image for image, _ in pairs], [mask for _, mask in pairs]
+    else:
+        images, masks = [read_image(s.image) for s in samples], None
+    x = np.stack([to_input(image, prep) for image in images])
     return ImageSet([s.id for s in samples], x, masks, source)
 
 

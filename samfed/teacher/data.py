@@ -31,10 +31,11 @@ def load_pairs(dataset: Dataset, ids: Sequence[str], spec: TeacherInput) -> tupl
     if spec.convention == "stretch-unit":
         images, masks = load_arrays(dataset, list(ids), spec.size)
         return list(images), list(masks)
-    from samfed.data.io import read_image, read_mask
+    from samfed.data.io import read_pair
 
     samples = dataset.select(list(ids))
     unlabeled = [s.id for s in samples if s.mask is None]
     if unlabeled:
         raise SamfedError(f"Sample {unlabeled[0]!r} has no mask; teacher fine-tuning needs labeled images.")
-    return [read_image(s.image) for s in samples], [read_mask(s.mask) for s in samples]
+    pairs = [read_pair(s.image, s.mask) for s in samples]
+    return [image for image, _ in pairs], [mask for _, mask in pairs]

@@ -189,13 +189,14 @@ def test_node_teacher_maps_match_the_runner_and_are_reused_without_the_weights(t
 
     data = write_synthetic("polyp", 1, tmp_path / "data", seed=3, size=64)
     teacher = load_teacher("litemedsam", prompt="none")
-    folder = tmp_path / "work" / "assets" / "t1"
+    ref_digest = "0123456789abcdef" * 2  # a content digest, as the server sends it
+    folder = tmp_path / "work" / "assets" / ref_digest
     save_teacher(teacher, folder)
-    (folder / ".complete").write_text("t1")
+    (folder / ".complete").write_text(ref_digest)
     node = NodeSettings.from_node_config(
         {"data-path": str(data), "partition-id": 0, "work-dir": str(tmp_path / "work")}
     )
-    cfg, spec = RunConfig(image_size=64), {"teacher-kind": "torch", "teacher-ref": "t1"}
+    cfg, spec = RunConfig(image_size=64), {"teacher-kind": "torch", "teacher-ref": ref_digest}
     images = node_data(node, 64)
     first = node_teacher_maps(node, images, spec, cfg, None, 1)
     ref = compute_maps(teacher, load_dataset(data), images.ids, cfg, RunDir(tmp_path / "inproc"))

@@ -44,11 +44,20 @@ def save_student_checkpoint(
     """
     from safetensors.torch import save_file
 
+    from samfed.models import build_options
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS))
-    info = {"arch": arch, "norm": norm, "preprocessing": prep.to_dict(), "threshold": 0.5, "source_run": None}
+    info = {
+        "arch": arch,
+        "norm": norm,
+        **build_options(model),
+        "preprocessing": prep.to_dict(),
+        "threshold": 0.5,
+        "source_run": None,
+    }
     info.update(meta)
     (out / META).write_text(json.dumps(info, indent=2, default=str))
     return out
@@ -144,7 +153,7 @@ def load_student_checkpoint(path: str | Path):
     from samfed.models import create_student
 
     info = read_checkpoint_info(path)
-    model = create_student(info.arch, norm=info.norm)
+    model = create_student(info.arch, norm=info.norm, pretrained=False)  # the state dict below has it all
     try:
         state = load_file(str(info.dir / WEIGHTS))
     except (SafetensorError, OSError) as exc:

@@ -233,10 +233,6 @@ def test_checkpoint_round_trip_without_the_weights_file(monkeypatch, tmp_path, n
         torch.testing.assert_close(again.eval()(x), model(x), rtol=0, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="export/checkpoint.py builds with the default pretrained=True and records no build options",
-)
 def test_load_student_checkpoint_needs_no_weights_file(monkeypatch, tmp_path):
     import json
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,7 @@ import typer
 from rich.console import Console
 
 from samfed.errors import SamfedError
+from samfed.federation import site_config as sc
 
 _out = Console()
 
@@ -21,107 +23,135 @@ def _opt(help: str, **kw):
     return typer.Option(help=help, **kw)
 
 
+_S = sc.helps(sc.SERVER)
+_N = sc.helps(sc.NODE)
+
+
 def serve(
-    out: Annotated[Path, _opt("Server run directory (config, checkpoints, metrics, report).")],
-    data: Annotated[
-        Path | None, _opt("Folder of the server's labeled images D_p (val.txt optional).")
-    ] = None,
     config: Annotated[
-        Path | None, _opt("RunConfig TOML with the method settings (as for `samfed train`).")
+        Path | None,
+        _opt(
+            "Server file (TOML, see docs/server.example.toml): every setting below, by its name with "
+            "underscores, plus the method settings; flags override it. A file of method settings "
+            "only is still read as --method-config (deprecated)."
+        ),
     ] = None,
-    split: Annotated[
-        Path | None, _opt("Optional split JSON (server_labeled/val/test ids) to use as is.")
+    out: Annotated[Path | None, _opt(_S["out"])] = None,
+    data: Annotated[Path | None, _opt(_S["data"])] = None,
+    method_config: Annotated[Path | None, _opt(_S["method_config"])] = None,
+    split: Annotated[Path | None, _opt(_S["split"])] = None,
+    clients: Annotated[int | None, _opt(_S["clients"])] = None,
+    rounds: Annotated[int | None, _opt(_S["rounds"])] = None,
+    host: Annotated[str | None, _opt(_S["host"])] = None,
+    port: Annotated[int | None, _opt(_S["port"])] = None,
+    certs: Annotated[Path | None, _opt(_S["certs"])] = None,
+    insecure: Annotated[bool | None, typer.Option("--insecure/--no-insecure", help=_S["insecure"])] = None,
+    node_keys: Annotated[list[Path] | None, typer.Option("--node-key", help=_S["node_keys"])] = None,
+    nodes: Annotated[int | None, _opt(_S["nodes"])] = None,
+    min_clients: Annotated[int | None, _opt(_S["min_clients"])] = None,
+    connect_timeout: Annotated[float | None, _opt(_S["connect_timeout"])] = None,
+    round_timeout: Annotated[float | None, _opt(_S["round_timeout"])] = None,
+    straggler_timeout: Annotated[float | None, _opt(_S["straggler_timeout"])] = None,
+    outlier_factor: Annotated[float | None, _opt(_S["outlier_factor"])] = None,
+    max_update_ratio: Annotated[float | None, _opt(_S["max_update_ratio"])] = None,
+    teacher_runtime: Annotated[str | None, _opt(_S["teacher_runtime"])] = None,
+    dp_clip: Annotated[float | None, _opt(_S["dp_clip"])] = None,
+    dp_noise: Annotated[float | None, _opt(_S["dp_noise"])] = None,
+    dp_delta: Annotated[float | None, _opt(_S["dp_delta"])] = None,
+    auto_resume: Annotated[
+        bool | None, typer.Option("--auto-resume/--no-auto-resume", help=_S["auto_resume"])
     ] = None,
-    clients: Annotated[int | None, _opt("Number of sites (client ids 0..N-1).")] = None,
-    rounds: Annotated[int | None, _opt("Number of rounds.")] = None,
-    host: Annotated[
-        str,
-        _opt("Address the sites connect to (0.0.0.0: every interface); Flower's control stays on loopback."),
-    ] = "0.0.0.0",
-    port: Annotated[
-        int, _opt("Port the sites connect to (Fleet API only, through samfed's gateway).")
-    ] = 9092,
-    certs: Annotated[
-        Path | None, _opt("Folder with ca.pem, server.pem, server.key (TLS); the cert must list 127.0.0.1.")
-    ] = None,
-    insecure: Annotated[bool, _opt("Run without TLS (trials on a trusted network only).")] = False,
-    node_key: Annotated[
-        list[Path] | None,
-        _opt("Public key (.pub, OpenSSH ECDSA P-384) of an allowed node; repeat; enables node auth."),
-    ] = None,
-    nodes: Annotated[int, _opt("Nodes to wait for before round 1 (0: the number of clients).")] = 0,
-    min_clients: Annotated[int, _opt("Fewest valid updates that close a round.")] = 1,
-    connect_timeout: Annotated[float, _opt("Seconds to wait for the nodes.")] = 600.0,
-    round_timeout: Annotated[float, _opt("Seconds a round may take at most.")] = 3600.0,
-    straggler_timeout: Annotated[
-        float, _opt("Seconds to wait for the rest once min-clients answered.")
-    ] = 300.0,
-    outlier_factor: Annotated[
-        float, _opt("Reject updates whose norm ratio exceeds this x the round median.")
-    ] = 10.0,
-    max_update_ratio: Annotated[
-        float, _opt("Reject updates whose norm ratio ||w_new - w_sent|| / ||w_sent|| exceeds this (0: off).")
-    ] = 20.0,
-    teacher_runtime: Annotated[
-        str, _opt("Teacher on the nodes: onnx (exported, torch-free) or torch.")
-    ] = "onnx",
-    dp_clip: Annotated[
-        float, _opt("Client-level DP: clip norm of each update (0: off; GroupNorm only).")
-    ] = 0.0,
-    dp_noise: Annotated[float, _opt("Client-level DP: noise multiplier.")] = 0.0,
-    dp_delta: Annotated[float, _opt("Client-level DP: delta of the reported (epsilon, delta).")] = 1e-5,
     resume: Annotated[bool, _opt("Continue the run in --out from its last finished round.")] = False,
 ) -> None:
     """Start the federation server (Flower SuperLink) and run SAM-Fed rounds."""
+    flags = {k: v for k, v in locals().items() if k in sc.SERVER}
     from samfed.federation import processes as fp
     from samfed.federation.options import ServerOptions
+    from samfed.train.run_dir import RunDir
 
-    if teacher_runtime not in ("onnx", "torch"):
-        raise SamfedError("--teacher-runtime must be onnx or torch.")
-    tls = _server_tls(certs, insecure, node_key)
-    if not 0 < port < 65536:
-        raise SamfedError(f"--port {port} is not a TCP port (1-65535).")
-    if not fp.port_free(host, port):
-        raise SamfedError(f"Port {port} on {host} is in use (another samfed serve?); choose another --port.")
-    out = out.expanduser().resolve()
-    cfg, resume = _prepare_run_dir(out, resume, lambda: _new_config(config, data, clients, rounds), split)
-    if dp_clip > 0:
+    file = sc.load_server_file(config) if config else None
+    if file is not None and file.legacy:  # the old meaning of --config: method settings only
+        if method_config is not None:
+            raise SamfedError(
+                f"{config} holds method settings only and --method-config is given too; pass one."
+            )
+        flags["method_config"] = file.path
+    s = sc.resolve(sc.SERVER, flags, file)
+    tls = _server_tls(s.certs, s.insecure, s.node_keys)
+    node_key = _node_keys(s.node_keys, s.certs)
+    if not fp.port_free(s.host, s.port):
+        raise SamfedError(
+            f"Port {s.port} on {s.host} is in use (another samfed serve?); choose another --port."
+        )
+    out = s.out.expanduser().resolve()
+    if s.auto_resume and _finished(out):
+        _out.print(f"the run in {out} has finished; nothing to do (a new run needs another --out)")
+        return
+    resume = resume or (s.auto_resume and RunDir(out).config.is_file())
+    cfg, resume = _prepare_run_dir(out, resume, lambda: _new_config(s, file), s.split)
+    if s.dp_clip > 0:
         from samfed.federation.dp import require_dp_compatible
 
         require_dp_compatible(cfg.norm, cfg.aggregation_rule)
 
     fed = out / "federation"
     with fp.stopping_on_exit():
-        server = fp.start_server(host, port, fed, tls, node_keys=node_key or [], gateway=True)
+        server = fp.start_server(s.host, s.port, fed, tls, node_keys=node_key, gateway=True)
         home = server.home
         app_dir = fp.write_app_dir(fed / "app")
-        opts = ServerOptions(
-            run_dir=str(out), resume=resume, num_nodes=nodes, min_clients=min_clients,
-            connect_timeout=connect_timeout, round_timeout=round_timeout, straggler_timeout=straggler_timeout,
-            outlier_factor=outlier_factor, max_update_ratio=max_update_ratio, teacher_runtime=teacher_runtime,
-            dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta,
-        )  # fmt: skip
+        rounds_opts = {field: s.values[name] for name, field in sc.ROUND_SETTINGS.items()}
+        opts = ServerOptions(run_dir=str(out), resume=resume, **rounds_opts)
         status_file = fed / "status.json"
         status_file.unlink(missing_ok=True)
         run_id = fp.submit_run(app_dir, home, opts.to_run_config())
         scheme = "TLS" if tls else "insecure"
+        auth = f", node authentication for {len(node_key)} key(s)" if node_key else ""
         _out.print(
-            f"Fleet gateway for the sites on {server.fleet} ({scheme}); Flower run {run_id}; logs in {fed}"
+            f"Fleet gateway for the sites on {server.fleet} ({scheme}{auth}); "
+            f"Flower run {run_id}; logs in {fed}"
         )
         _out.print(f"Flower control (flwr CLI) on {server.control} only: FLWR_HOME={home} flwr ls")
         _out.print(
-            f"sites join with: samfed node --superlink <this-host>:{port} --data PATH --client-id K ..."
+            f"sites join with: samfed node --superlink <this-host>:{s.port} --data PATH --client-id K ..."
         )
         _watch(server, status_file, fed / "rounds.json", run_id, home, out)
 
 
+def _finished(out: Path) -> bool:
+    """Whether the run in `out` reported finished (its federation/status.json; unreadable: no)."""
+    status = out / "federation" / "status.json"
+    try:
+        return json.loads(status.read_text()).get("state") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _node_keys(paths: list[Path] | None, certs: Path | None) -> list[Path]:
+    """The node public keys `serve` registers (folders expanded, each key checked); a warning when
+    the certificate folder holds node keys but node authentication is off."""
+    from samfed.federation.tls import NODES_FOLDER, node_public_keys
+
+    if paths:
+        return node_public_keys(paths)
+    pending = sorted((certs / NODES_FOLDER).glob("*.pub")) if certs is not None else []
+    if pending:
+        warnings.warn(
+            f"{certs / NODES_FOLDER} holds {len(pending)} node key(s) but node authentication is off; "
+            f"pass --node-key {certs / NODES_FOLDER} (or node_keys in the server file) to check the nodes.",
+            sc.ConfigWarning,
+            stacklevel=2,
+        )
+    return []
+
+
 def _server_tls(certs: Path | None, insecure: bool, node_key: list[Path] | None):
-    """The server's TLS files from --certs (None with --insecure); SamfedError on a bad setup."""
-    from samfed.federation.tls import TlsFiles, certificate_hosts
+    """The server's TLS files from --certs (None with --insecure); SamfedError on a bad setup,
+    a warning when a certificate expires within a month."""
+    from samfed.federation.tls import TlsFiles, certificate_hosts, warn_if_expiring
 
     tls = None
     if certs is not None:
-        tls = TlsFiles(certs / "ca.pem", certs / "server.pem", certs / "server.key")
+        tls = TlsFiles.in_folder(certs)
         missing = [p for p in (tls.ca_cert, tls.server_cert, tls.server_key) if not p.is_file()]
         if missing:
             raise SamfedError(f"--certs {certs} lacks {', '.join(p.name for p in missing)}.")
@@ -135,26 +165,32 @@ def _server_tls(certs: Path | None, insecure: bool, node_key: list[Path] | None)
                 "SuperExec and flwr reach the SuperLink on loopback); it lists: "
                 f"{', '.join(sorted(hosts)) or 'no names'}."
             )
+        warn_if_expiring(tls.ca_cert, f"CA certificate {tls.ca_cert}")
+        warn_if_expiring(tls.server_cert, f"server certificate {tls.server_cert}")
     elif not insecure:
         raise SamfedError("Pass --certs DIR for TLS, or --insecure for a trial on a trusted network.")
     if node_key and tls is None:
         raise SamfedError("Node authentication (--node-key) needs TLS (--certs).")
-    for key in node_key or []:
-        if not key.is_file():
-            raise SamfedError(f"Node key {key} does not exist.")
     return tls
 
 
-def _new_config(config: Path | None, data: Path | None, clients: int | None, rounds: int | None):
-    """The RunConfig of a new run: --config (or the defaults) with the command-line overrides."""
-    from samfed.config import RunConfig
+def _new_config(s: sc.Resolved, file: sc.SettingsFile | None):
+    """The RunConfig of a new run: the method settings (--method-config, flag or file, else the
+    server file's [method], else the defaults) with data, clients and rounds applied."""
+    from samfed.config import CLI, RunConfig
 
-    cfg = RunConfig.load(config) if config else RunConfig()
-    cfg = cfg.override(
-        data=str(data.expanduser().resolve()) if data else None, clients=clients, rounds=rounds
-    )
+    if s.method_config is not None:
+        cfg = RunConfig.load(s.method_config)
+    else:
+        cfg = file.method if file is not None and file.method is not None else RunConfig()
+    for name in ("data", "clients", "rounds"):
+        value = s.values[name]
+        if value is not None:
+            value = str(value.expanduser().resolve()) if name == "data" else value
+            source = CLI if s.origin[name].startswith("--") else str(file.path if file else CLI)
+            cfg = cfg.override(source=source, **{name: value})
     if cfg.data is None:
-        raise SamfedError("Pass --data (the server's labeled images) or set data in --config.")
+        raise SamfedError("Pass --data (the server's labeled images) or set data in the server file.")
     return cfg
 
 
@@ -264,48 +300,51 @@ def _round_line(rec: dict) -> str:
 
 
 def node(
-    data: Annotated[Path, _opt("The clinic's private image folder (images never leave this machine).")],
-    superlink: Annotated[str, _opt("Server address HOST:PORT.")],
-    client_id: Annotated[int, _opt("This site's client number, agreed with the server (0..N-1).")],
-    name: Annotated[str | None, _opt("Display name in the server's reports (default client-K).")] = None,
-    split: Annotated[
-        Path | None, _opt("Use only split.clients[client-id] of --data (trials sharing a folder).")
+    config: Annotated[
+        Path | None,
+        _opt(
+            "Node file (TOML, see docs/node.example.toml): every setting below, by its name with "
+            "underscores; flags override it."
+        ),
     ] = None,
-    work_dir: Annotated[
-        Path | None, _opt("Cache and report folder (default ~/.cache/samfed/node-K).")
-    ] = None,
-    threads: Annotated[int | None, _opt("Thread cap for training and the teacher.")] = None,
-    memory_mb: Annotated[
-        float | None, _opt("Training memory budget in MB (default: half the free memory).")
-    ] = None,
-    ca: Annotated[Path | None, _opt("CA certificate (PEM) that signed the server's TLS certificate.")] = None,
-    insecure: Annotated[bool, _opt("Connect without TLS (trials on a trusted network only).")] = False,
-    auth_key: Annotated[
-        Path | None, _opt("This node's private key (OpenSSH ECDSA P-384), if the server checks nodes.")
-    ] = None,
-    teacher_backend: Annotated[
-        str, _opt("Runtime of an exported teacher: onnxruntime or openvino.")
-    ] = "onnxruntime",
-    teacher_cache: Annotated[
-        Path | None, _opt("Folder of teacher maps kept between runs (default: inside --work-dir).")
-    ] = None,
-    connect_timeout: Annotated[
-        float, _opt("Seconds to wait for an unreachable server (at start and after a lost connection).")
-    ] = 120.0,
+    data: Annotated[Path | None, _opt(_N["data"])] = None,
+    superlink: Annotated[str | None, _opt(_N["superlink"])] = None,
+    client_id: Annotated[int | None, _opt(_N["client_id"])] = None,
+    name: Annotated[str | None, _opt(_N["name"])] = None,
+    split: Annotated[Path | None, _opt(_N["split"])] = None,
+    work_dir: Annotated[Path | None, _opt(_N["work_dir"])] = None,
+    threads: Annotated[int | None, _opt(_N["threads"])] = None,
+    memory_mb: Annotated[float | None, _opt(_N["memory_mb"])] = None,
+    ca: Annotated[Path | None, _opt(_N["ca"])] = None,
+    insecure: Annotated[bool | None, typer.Option("--insecure/--no-insecure", help=_N["insecure"])] = None,
+    auth_key: Annotated[Path | None, _opt(_N["auth_key"])] = None,
+    teacher_backend: Annotated[str | None, _opt(_N["teacher_backend"])] = None,
+    teacher_cache: Annotated[Path | None, _opt(_N["teacher_cache"])] = None,
+    connect_timeout: Annotated[float | None, _opt(_N["connect_timeout"])] = None,
 ) -> None:
     """Start one clinic node (Flower SuperNode) on its private image folder."""
+    flags = {k: v for k, v in locals().items() if k in sc.NODE}
     from edge.node import thread_env
     from samfed.data.readers import load_dataset
     from samfed.federation import processes as fp
+    from samfed.federation import tls as T
 
-    if ca is None and not insecure:
+    s = sc.resolve(sc.NODE, flags, sc.load_node_file(config) if config else None)
+    data, superlink, client_id, split = s.data, s.superlink, s.client_id, s.split
+    ca, auth_key, threads, memory_mb, connect_timeout = (
+        s.ca,
+        s.auth_key,
+        s.threads,
+        s.memory_mb,
+        s.connect_timeout,
+    )
+    if ca is None and not s.insecure:
         raise SamfedError("Pass --ca CA.pem (TLS) or --insecure for a trial on a trusted network.")
-    if not connect_timeout > 0:
-        raise SamfedError(f"--connect-timeout must be a positive number of seconds, not {connect_timeout}.")
     server_host, server_port = fp.split_address(superlink)
-    for p, what in ((ca, "CA certificate"), (auth_key, "node key"), (split, "split file")):
-        if p is not None and not p.is_file():
-            raise SamfedError(f"The {what} {p} does not exist.")
+    if ca is not None:
+        T.warn_if_expiring(ca, f"CA certificate {ca}")
+    if auth_key is not None:
+        _check_private_key(auth_key)
     data = data.expanduser().resolve()
     n = len(load_dataset(data).samples)  # fail here, not inside Flower, on a bad folder
     if split is not None:
@@ -315,14 +354,14 @@ def node(
         if not 0 <= client_id < len(parts):
             raise SamfedError(f"--client-id {client_id} is not a client of split {split}.")
         n = len(parts[client_id])
-    work = (work_dir or Path.home() / ".cache" / "samfed" / f"node-{client_id}").expanduser().resolve()
+    work = (s.work_dir or Path.home() / ".cache" / "samfed" / f"node-{client_id}").expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
     node_config: dict[str, object] = {
         "data-path": str(data),
         "partition-id": client_id,
         "work-dir": str(work),
-        "name": name or f"client-{client_id}",
-        "teacher-backend": teacher_backend,
+        "name": s.name or f"client-{client_id}",
+        "teacher-backend": s.teacher_backend,
     }
     if split is not None:
         node_config["split"] = str(split.expanduser().resolve())
@@ -330,9 +369,11 @@ def node(
         node_config["threads"] = threads
     if memory_mb:
         node_config["memory-mb"] = memory_mb
-    if teacher_cache is not None:
-        node_config["teacher-cache"] = str(teacher_cache.expanduser().resolve())
+    if s.teacher_cache is not None:
+        node_config["teacher-cache"] = str(s.teacher_cache.expanduser().resolve())
     _wait_for_server(server_host, server_port, connect_timeout)
+    if ca is not None:
+        _check_server_certificate(server_host, server_port)
     report = work / "node-report.jsonl"
     shown = len(report.read_text().splitlines()) if report.is_file() else 0
     with fp.stopping_on_exit():
@@ -359,6 +400,40 @@ def node(
         f"the server at {superlink} has been unreachable for {connect_timeout:.0f} s, so the "
         f"federation has ended (or its server stopped); report {report}"
     )
+
+
+def _check_private_key(path: Path) -> None:
+    """SamfedError unless `path` is a node private key; a warning when others may read it."""
+    import os
+
+    from samfed.federation.tls import CertificateWarning, check_node_private_key
+
+    check_node_private_key(path)
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        warnings.warn(
+            f"the node key {path} may be read by other users of this machine; chmod 600 {path}.",
+            CertificateWarning,
+            stacklevel=2,
+        )
+
+
+def _check_server_certificate(host: str, port: int) -> None:
+    """Refuse an expired server certificate (warn a month ahead) before the SuperNode dials it;
+    a server that does not answer TLS is left to the SuperNode's own error."""
+    import ssl
+
+    from cryptography import x509
+
+    from samfed.federation import processes as fp
+    from samfed.federation.tls import warn_if_expiring
+
+    try:
+        pem = ssl.get_server_certificate((host, port), timeout=10)
+    except (OSError, ssl.SSLError, ValueError):
+        return
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    hint = "ask the server's operator to renew it (`samfed certs renew`)"
+    warn_if_expiring(cert, f"certificate of the server at {fp.join_address(host, port)}", hint=hint)
 
 
 def _wait_for_server(host: str, port: int, timeout: float) -> None:

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from samfed.commands import bench, data, evaluate, export, federation, models, predict, teacher, train
+from samfed.commands import bench, data, evaluate, export, federation, models, predict, teacher, train, view
 from samfed.errors import SamfedError
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command(help=bench.bench.__doc__)(bench.bench)
 app.command(name="models", help=models.list_models.__doc__)(models.list_models)
 app.command(help=federation.serve.__doc__)(federation.serve)
 app.command(help=federation.node.__doc__)(federation.node)
+app.command(help=view.view.__doc__)(view.view)
 app.add_typer(data.app, name="data")
 app.add_typer(teacher.app, name="teacher")
 

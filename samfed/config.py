@@ -143,7 +143,10 @@ class RunConfig:
     # None -> the teacher's default
     teacher_prompt: str | None = setting(None, choices=registry("samfed.teacher.prompts", "PROMPT_MODES"))
     teacher_epochs: int = setting(10, ge=1, le=10_000)
-    # shared folder for teacher maps; None -> inside the run dir
+    # folder of speed-up caches (embeddings, teacher maps, initial global model), shared by runs;
+    # None -> $SAMFED_CACHE or ~/.cache/samfed (samfed.train.run_dir.cache_folder)
+    cache: str | None = setting(None, machine=True)
+    # older name of `cache`, still honoured when `cache` is not set (federation nodes, benchmarks)
     teacher_cache: str | None = setting(None, machine=True)
     # schedule
     rounds: int = setting(4, ge=0, le=10_000)

@@ -20,6 +20,18 @@ def _signing_key_in_tmp(tmp_path_factory):
         os.environ["SAMFED_SIGNING_KEY"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_in_tmp(tmp_path_factory):
+    """Runs keep speed-up caches in $SAMFED_CACHE (default ~/.cache/samfed): keep them out of the home."""
+    old = os.environ.get("SAMFED_CACHE")
+    os.environ["SAMFED_CACHE"] = str(tmp_path_factory.mktemp("samfed-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SAMFED_CACHE", None)
+    else:
+        os.environ["SAMFED_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def polyp_dir(tmp_path_factory) -> Path:
     """24 endoscopy-like images (three scope resolutions around 96 px) in the Kvasir-SEG layout."""

@@ -54,8 +54,12 @@ def train(
     teacher_epochs: int | None = typer.Option(
         None, min=1, help="Teacher fine-tuning epochs " + _default("teacher_epochs")
     ),
-    teacher_cache: Path | None = typer.Option(
-        None, help="Shared folder for teacher maps and encoder embeddings (default: the run's cache/)."
+    cache: Path | None = typer.Option(
+        None,
+        "--cache",
+        "--teacher-cache",
+        help="Folder of speed-up caches (encoder embeddings, teacher maps, initial global model), shared "
+        "by runs and safe to delete (default: $SAMFED_CACHE or ~/.cache/samfed).",
     ),
     clients: int | None = typer.Option(None, min=1, help="Number of clients " + _default("clients")),
     labeled_fraction: float | None = typer.Option(
@@ -115,7 +119,7 @@ def train(
         teacher_mode=teacher_mode,
         teacher_prompt=teacher_prompt,
         teacher_epochs=teacher_epochs,
-        teacher_cache=None if teacher_cache is None else str(teacher_cache),
+        cache=None if cache is None else str(cache),
         clients=clients,
         labeled_fraction=labeled_fraction,
         partition=partition,
@@ -161,4 +165,5 @@ def train(
 
     console = Console(quiet=quiet)
     result = run_training(cfg, out, resume=resume, console=console, progress=not quiet)
-    print(f"report: {result.report}")
+    if quiet:  # the run said it on the console otherwise
+        print(f"report: {result.report}")

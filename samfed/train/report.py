@@ -1,64 +1,147 @@
-"""The run report: Markdown (report.md) and a self-contained HTML page (report.html, PNGs inlined)."""
+"""The run report: Markdown (report.md) and its HTML twin (report.html, rendered by markdown-it-py,
+every PNG inlined as a data URI so the page is one self-contained file).
+
+It leads with the method against the `supervised` baseline on the same split (round 0, final
+validation Dice and HD95, per-round curves), then a qualitative panel of validation images, the
+training curves, every model's scores, the per-round table, and how the run was made (data, split
+sizes, teacher, time per stage, versions, git commit, command line).
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import platform
+from collections.abc import Callable
 from pathlib import Path
 
+from samfed.train.provenance import hardware
 
-def hardware() -> str:
-    """One line: CPU model, logical cores, torch threads, torch version, GPU (when torch sees one)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
+__all__ = ["hardware", "md_table", "render_html", "write_report"]
 
-    try:
-        import torch
-
-        tv = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-        if torch.cuda.is_available():
-            tv += f", GPU {torch.cuda.get_device_name(0)}"
-    except ImportError:  # pragma: no cover
-        tv = "no torch"
-    return f"{cpu}, {os.cpu_count()} logical cores, {tv}"
+Fmt = Callable[[object], str]
 
 
-def _fmt(v, nd: int = 4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
+def _num(nd: int, unit: str = "") -> Fmt:
+    def fmt(v: object) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return str(v)
+        return f"{v:.{nd}f}{unit}"
+
+    return fmt
 
 
-def md_table(header: list[str], rows: list[list]) -> str:
+DICE, HD95, RATE, SECONDS = _num(3), _num(1), _num(3), _num(1, " s")
+
+
+def _text(v: object) -> str:
+    return "-" if v is None else str(v)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def md_table(header: list[str], rows: list[list], formats: list[Fmt] | None = None) -> str:
+    """A Markdown table; column j of each row formatted by formats[j] (default: str)."""
+    formats = formats or [_text] * len(header)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(f(c)) for f, c in zip(formats, r, strict=True)) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def round_rows(records: list[dict]) -> tuple[list[str], list[list]]:
-    """Per round: global val Dice/HD95, mean over clients of agreement and of pseudo-label/teacher
-    accuracy and Dice (vs ground truth, where it exists)."""
-    header = [
-        "round",
-        "val Dice",
-        "val HD95",
-        "agreement",
-        "pseudo-label acc.",
-        "teacher acc.",
-        "pseudo-label Dice",
-        "teacher Dice",
-        "seconds",
+def _delta(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a - b:+.3f}"
+
+
+# ---- sections ----------------------------------------------------------------------------------
+
+
+def comparison_section(summary: dict) -> list[str]:
+    """The lead: the method and the supervised baseline side by side, one sentence saying which is
+    ahead, the teacher warning when there is one, and what `supervised` means."""
+    c = summary.get("comparison") or {}
+    method = c.get("method") or summary["config"]["method"]
+    has_test = c.get("test_dice") is not None
+    header = ["model", "round 0 val Dice", "final val Dice", "final val HD95 (px)"]
+    formats = [_text, DICE, DICE, HD95]
+    if has_test:
+        header.append("final test Dice")
+        formats.append(DICE)
+    rows = [[f"**{method}** (global model)", c.get("round0_val_dice"), c.get("val_dice"), c.get("val_hd95")]]
+    if has_test:
+        rows[0].append(c.get("test_dice"))
+    sup = c.get("supervised_val_dice")
+    if sup is not None:
+        rows.append(
+            ["supervised (server images only)", c.get("round0_val_dice"), sup, c.get("supervised_val_hd95")]
+        )
+        if has_test:
+            rows[1].append(c.get("supervised_test_dice"))
+    out = [md_table(header, rows, formats), ""]
+    final, r0 = c.get("val_dice"), c.get("round0_val_dice")
+    sentence = f"Final validation Dice of {method}: {DICE(final)}, {_delta(final, r0)} against round 0"
+    if sup is not None:
+        sentence += f" and {_delta(final, sup)} against supervised"
+    out += [sentence + ".", ""]
+    out += [f"**Warning:** {w}" for w in summary.get("warnings", [])] + (
+        [""] if summary.get("warnings") else []
+    )
+    if sup is not None:
+        out += [
+            "Round 0 is the global model after server initialisation (trained on the labeled server "
+            "images D_p), shared by both rows. *supervised* then goes on training on D_p alone, each "
+            "round as many steps as an average client update, without the clients' images or the "
+            "teacher: the same as `samfed train --method supervised` with these settings.",
+            "",
+        ]
+    return out
+
+
+def _plot(plots: dict[str, Path], name: str, alt: str) -> list[str]:
+    return [f"![{alt}](plots/{plots[name].name})", ""] if name in plots else []
+
+
+def qualitative_section(plots: dict[str, Path]) -> list[str]:
+    if "qualitative" not in plots:
+        return []
+    return [
+        "## Validation images",
+        "",
+        "A few validation images, from the final global model's worst to its best Dice. White "
+        "outline: ground truth. Teacher map: the teacher's probability (shade) and its 0.5 contour. "
+        "Pseudo-label: what the method's last round would train on for such an unlabeled image "
+        "(teacher, global model and client 0 combined). Final student: the global model's mask.",
+        "",
+        *_plot(plots, "qualitative", "qualitative panel"),
     ]
+
+
+def final_rows(summary: dict) -> tuple[list[str], list[list], list[Fmt]]:
+    header = ["model", "arch", "split", "Dice mean", "Dice std", "HD95 mean (px)", "images"]
+    rows = [
+        [
+            m["model"],
+            m["arch"],
+            m["split"],
+            m.get("dice_mean"),
+            m.get("dice_std"),
+            m.get("hd95_mean"),
+            m.get("n"),
+        ]
+        for m in summary.get("models", [])
+    ]
+    return header, rows, [_text, _text, _text, DICE, DICE, HD95, _text]
+
+
+def round_rows(records: list[dict]) -> tuple[list[str], list[list], list[Fmt]]:
+    """Per round: global and supervised val Dice, global HD95, mean over clients of the client
+    models' val Dice, agreement and pseudo-label/teacher Dice (vs ground truth), and seconds
+    (round 0: the server initialisation)."""
+    header = ["round", "val Dice", "val HD95", "supervised val Dice", "clients' val Dice", "agreement",
+              "pseudo-label Dice", "teacher Dice", "time"]  # fmt: skip
+    base = {r["round"]: r.get("val_dice") for r in records if r.get("event") == "baseline"}
     rows = []
     for r in (x for x in records if x.get("event") == "round"):
         clients = [c for c in records if c.get("event") == "client" and c.get("round") == r["round"]]
@@ -72,104 +155,123 @@ def round_rows(records: list[dict]) -> tuple[list[str], list[list]]:
                 r["round"],
                 r.get("val_dice"),
                 r.get("val_hd95"),
+                base.get(r["round"], r.get("val_dice") if r["round"] == 0 and base else None),
+                mean("val_dice"),
                 mean("agreement_rate"),
-                mean("pl_acc"),
-                mean("teacher_acc"),
                 mean("pl_dice"),
                 mean("teacher_dice"),
                 r.get("seconds"),
             ]
         )
-    return header, rows
+    return header, rows, [_text, DICE, HD95, DICE, DICE, RATE, DICE, DICE, SECONDS]
 
 
-def final_rows(summary: dict) -> tuple[list[str], list[list]]:
-    header = ["model", "arch", "split", "Dice mean", "Dice std", "HD95 mean (px)", "n"]
-    rows = []
-    for m in summary.get("models", []):
-        rows.append(
-            [
-                m["model"],
-                m["arch"],
-                m["split"],
-                m.get("dice_mean"),
-                m.get("dice_std"),
-                m.get("hd95_mean"),
-                m.get("n"),
-            ]
-        )
-    return header, rows
+def run_section(summary: dict) -> list[str]:
+    """Data, split sizes, settings, teacher, time per stage, versions, commit and command line."""
+    cfg = summary["config"]
+    s = summary["split_sizes"]
+    out = ["## The run", ""]
+    out.append(
+        f"Data: `{summary['data']}` at {cfg['image_size']} px; {cfg['clients']} clients, partition "
+        f"`{cfg['partition']}`, labeled fraction {cfg['labeled_fraction']}."
+    )
+    out.append("")
+    clients = s.get("clients", [])
+    header = ["server labeled (D_p)", *[f"client {k}" for k in range(len(clients))], "validation", "test"]
+    out += [md_table(header, [[s.get("server_labeled"), *clients, s.get("val"), s.get("test")]]), ""]
+    out.append(
+        f"Method `{cfg['method']}`, students {', '.join(f'`{x}`' for x in cfg['students'])}; "
+        f"{cfg['rounds']} rounds of {cfg['local_epochs']} local epoch(s), {cfg['server_epochs']} "
+        f"server epochs, aggregation `{summary['aggregation']}`, agreement `{cfg['agreement']}`, "
+        f"seed {cfg['seed']}."
+    )
+    out.append("")
+    t = summary.get("teacher") or {}
+    if t:
+        out += [
+            f"Teacher: {t.get('name')} (mode {t.get('mode')}, prompt {t.get('prompt')}); validation "
+            f"Dice of its maps {DICE(t.get('val_dice'))}"
+            + (
+                f", {DICE(t['best_val_dice_holdout'])} on its own hold-out of D_p"
+                if t.get("best_val_dice_holdout") is not None
+                else ""
+            )
+            + ".",
+            "",
+        ]
+    stages = summary.get("stages") or {}
+    if stages:
+        out += ["### Time per stage", ""]
+        rows = [[name, sec] for name, sec in stages.items()]
+        rows.append(["**wall time of this process**", summary.get("seconds")])
+        out += [md_table(["stage", "time"], rows, [_text, SECONDS]), ""]
+    out += ["### Versions", ""]
+    versions = summary.get("versions") or {}
+    out += [md_table(list(versions), [[v or "not installed" for v in versions.values()]]), ""]
+    out += [
+        f"Git commit: `{summary.get('git_commit') or 'unknown'}`. Hardware: {summary.get('hardware')}.",
+        "",
+    ]
+    if summary.get("command"):
+        out += ["Command line:", "", "```", summary["command"], "```", ""]
+    return out
+
+
+def report_markdown(summary: dict, records: list[dict], plots: list[Path]) -> tuple[str, str]:
+    """(title, Markdown text); images are referenced as plots/<name>.png."""
+    cfg = summary["config"]
+    by_stem = {p.stem: p for p in plots}
+    has_baseline = (summary.get("comparison") or {}).get("supervised_val_dice") is not None
+    title = f"{cfg['method']} vs supervised" if has_baseline else f"samfed run: {cfg['method']}"
+    title += f" ({', '.join(cfg['students'])})"
+    parts = [f"# {title}", ""]
+    parts += comparison_section(summary)
+    parts += _plot(by_stem, "val_dice", "validation Dice per round")
+    parts += qualitative_section(by_stem)
+    if "loss" in by_stem or "agreement" in by_stem:
+        parts += ["## Training", ""]
+        parts += _plot(by_stem, "loss", "training loss per round")
+        parts += _plot(by_stem, "agreement", "agreement and label quality per round")
+    parts += ["## Scores of every model (at the working resolution)", "", md_table(*final_rows(summary)), ""]
+    parts += ["## Per round", "", md_table(*round_rows(records)), ""]
+    parts += run_section(summary)
+    return title, "\n".join(parts)
 
 
 def write_report(run_root: Path, summary: dict, records: list[dict], plots: list[Path]) -> tuple[Path, Path]:
     """Write report.md and report.html into the run directory; returns both paths."""
-    cfg = summary["config"]
-    title = f"samfed run: {cfg['method']} ({', '.join(cfg['students'])})"
-    parts = [f"# {title}", ""]
-    parts.append(
-        f"Data: `{summary['data']}` at {cfg['image_size']} px; {cfg['clients']} clients, partition "
-        f"`{cfg['partition']}`, labeled fraction {cfg['labeled_fraction']}; "
-        f"split sizes {summary['split_sizes']}."
-    )
-    parts.append(
-        f"Rounds {cfg['rounds']}, local epochs {cfg['local_epochs']}, seed {cfg['seed']}, aggregation "
-        f"`{summary['aggregation']}`, agreement `{cfg['agreement']}`."
-    )
-    if summary.get("teacher"):
-        t = summary["teacher"]
-        parts.append(
-            f"Teacher: {t.get('name')} (mode {t.get('mode')}, prompt {t.get('prompt')}), "
-            f"validation Dice of its maps {_fmt(t.get('val_dice'))}."
-        )
-    parts.append(f"Wall time {summary['seconds']:.0f} s on {summary['hardware']}.")
-    parts += ["", "## Final scores (at the working resolution)", "", md_table(*final_rows(summary)), ""]
-    parts += ["## Per round", "", md_table(*round_rows(records)), ""]
-    parts += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
-    md = "\n".join(parts)
+    title, md = report_markdown(summary, records, plots)
     run_root.joinpath("report.md").write_text(md, encoding="utf-8")
-    run_root.joinpath("report.html").write_text(_html(title, md, plots), encoding="utf-8")
+    run_root.joinpath("report.html").write_text(render_html(title, md, run_root), encoding="utf-8")
     return run_root / "report.md", run_root / "report.html"
 
 
-def _html(title: str, md: str, plots: list[Path]) -> str:
-    """Minimal Markdown -> HTML for this report's subset (headings, paragraphs, tables, images)."""
-    out, table = [], []
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:64em;margin:2em auto;padding:0 1em;color:#222;"
+    "line-height:1.45}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
+    "padding:3px 9px;text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+    "img{max-width:100%}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-space:pre-wrap}"
+    "code{font-size:.92em}"
+)
 
-    def flush():
-        if table:
-            cells = [
-                [c.strip() for c in line.strip("|").split("|")]
-                for line in table
-                if not line.startswith("|---")
-            ]
-            head, body = cells[0], cells[1:]
-            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
-            out.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
-            out.append("</table>")
-            table.clear()
 
-    images = {p.name: p for p in plots}
-    for line in md.splitlines():
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush()
-        if line.startswith("## "):
-            out.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("# "):
-            out.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("!["):
-            name = line.split("(plots/", 1)[1].rstrip(")")
-            data = base64.b64encode(images[name].read_bytes()).decode()
-            out.append(f'<p><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></p>')
-        elif line.strip():
-            out.append(f"<p>{html.escape(line).replace('`', '')}</p>")
-    flush()
-    style = (
-        "body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #bbb;padding:2px 8px;text-align:right}img{max-width:100%}"
-    )
+def render_html(title: str, md: str, root: Path) -> str:
+    """The Markdown as one HTML page (markdown-it-py, CommonMark + tables, raw HTML off); images
+    that are PNG files under `root` become data URIs."""
+    from markdown_it import MarkdownIt
+
+    parser = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = parser.parse(md)
+    for tok in tokens:
+        for child in tok.children or []:
+            if child.type == "image":
+                src = str(child.attrGet("src") or "")
+                path = root / src
+                if src.endswith(".png") and path.is_file():
+                    data = base64.b64encode(path.read_bytes()).decode()
+                    child.attrSet("src", f"data:image/png;base64,{data}")
+    body = parser.renderer.render(tokens, parser.options, {})
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+        f"<style>{STYLE}</style></head><body>\n{body}</body></html>\n"
     )

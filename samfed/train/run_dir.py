@@ -6,16 +6,21 @@ Layout::
     split.json           samfed.data.partition.Split
     data/                the built-in synthetic set (only when --data was omitted)
     teacher/             fine-tuned teacher (samfed.teacher.save_teacher) + finetune.json
-    cache/               teacher maps and encoder embeddings (not in the manifest)
-    state/checkpoint.pt  resume state after the last finished round (atomic writes)
+    state/checkpoint.pt  resume state after the last finished round (atomic writes); once the run
+                         has finished, without the client models (they are in clients/<k>/)
     state/config.toml    the configuration the run started with (resume refuses changed method settings)
     global/              global student  (export.checkpoint: student.safetensors + student.json)
     clients/<k>/         each client's student, same format
-    metrics.jsonl        one JSON object per event: server init, client update, round summary, final
-    plots/*.png          validation Dice per round; agreement rate and pseudo-label accuracy
-    summary.json         final table
+    metrics.jsonl        one JSON object per event: server init, client update, round summary,
+                         supervised baseline round, final
+    plots/*.png          validation Dice, loss, agreement per round; the qualitative panel
+    summary.json         final table, times per stage, versions, command line
     report.md, report.html
-    manifest.json        sha256 and size of every file except cache/ and the manifest itself
+    train.log            what the console showed (appended on resume; not in the manifest)
+    manifest.json        sha256 and size of every file except train.log and the manifest itself
+
+Caches that only save time (encoder embeddings, teacher maps, the initial global model) live
+outside the run, in `cache_folder()`: keyed by content, shared by runs, safe to delete.
 """
 
 from __future__ import annotations
@@ -30,8 +35,34 @@ from typing import Any
 
 from samfed.errors import SamfedError
 
-MANIFEST_SKIP = ("cache", "manifest.json")
+MANIFEST_SKIP = ("cache", "manifest.json", "train.log")  # cache/: runs made before the shared cache
 RUN_FORMAT = "samfed-run/1"
+CACHE_ENV = "SAMFED_CACHE"
+
+
+def cache_folder(explicit: str | Path | None = None) -> Path:
+    """The folder of speed-up caches: `explicit` (--cache), else $SAMFED_CACHE, else
+    $XDG_CACHE_HOME/samfed, else ~/.cache/samfed."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "samfed"
+
+
+def require_writable_cache(folder: Path) -> None:
+    """SamfedError naming the folder when the cache cannot be created or written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        ok = os.access(folder, os.W_OK | os.X_OK)
+    except OSError:
+        ok = False
+    if not ok:
+        raise SamfedError(
+            f"The cache folder {folder} cannot be written; pass --cache DIR or set {CACHE_ENV} to a "
+            "folder you may write to."
+        )
 
 
 def _clean(v: Any) -> Any:
@@ -78,7 +109,6 @@ class RunDir:
     split = property(lambda self: self.root / "split.json")
     data = property(lambda self: self.root / "data")
     teacher = property(lambda self: self.root / "teacher")
-    cache = property(lambda self: self.root / "cache")
     checkpoint = property(lambda self: self.root / "state" / "checkpoint.pt")
     start_config = property(lambda self: self.root / "state" / "config.toml")
     global_dir = property(lambda self: self.root / "global")
@@ -88,6 +118,7 @@ class RunDir:
     report_md = property(lambda self: self.root / "report.md")
     report_html = property(lambda self: self.root / "report.html")
     manifest = property(lambda self: self.root / "manifest.json")
+    log_file = property(lambda self: self.root / "train.log")
 
     def client_dir(self, k: int) -> Path:
         return self.root / "clients" / str(k)
@@ -121,9 +152,12 @@ class RunDir:
         return records
 
     def truncate_metrics(self, last_round: int) -> None:
-        """Keep only records of rounds <= last_round (and round-less ones): used when resuming."""
+        """Keep only records of rounds <= last_round (and round-less ones): used when resuming. The
+        final record and the baseline's records go too (they are written again at the end)."""
         keep = [
-            r for r in self.read_metrics() if r.get("round", 0) <= last_round and r.get("event") != "final"
+            r
+            for r in self.read_metrics()
+            if r.get("round", 0) <= last_round and r.get("event") not in ("final", "baseline")
         ]
         atomic_write_text(self.metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
 
@@ -153,7 +187,7 @@ class RunDir:
 
     # manifest ---------------------------------------------------------------------------------
     def write_manifest(self) -> dict:
-        """manifest.json: {relative path: {sha256, bytes}} for every file but cache/ and itself."""
+        """manifest.json: {relative path: {sha256, bytes}} for every file but MANIFEST_SKIP."""
         files = {}
         for p in sorted(self.root.rglob("*")):
             rel = p.relative_to(self.root)

@@ -18,6 +18,9 @@ same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import io
 import math
 import os
 import time
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from torch import nn
 
 from samfed.config import RunConfig, changed_settings
@@ -38,8 +42,16 @@ from samfed.method.local_update import client_update, first_nonfinite, state_cop
 from samfed.method.methods import MethodSpec, method_spec
 from samfed.method.server import baseline_round, init_global, warmup_client
 from samfed.preprocess import Preprocessing
+from samfed.train.compare import mean_client_size, round0_dice, supervised_rounds, teacher_warning
+from samfed.train.console_log import RunLog
 from samfed.train.evaluation import evaluate_arrays, map_dice
-from samfed.train.run_dir import RunDir, atomic_write_text, manifest_format
+from samfed.train.run_dir import (
+    RunDir,
+    atomic_write_text,
+    cache_folder,
+    manifest_format,
+    require_writable_cache,
+)
 
 CHECKPOINT_FORMAT = 1
 
@@ -53,6 +65,7 @@ class Sets:
     val: SegArrays
     test: SegArrays | None
     teacher_maps: list[np.ndarray | None] = field(default_factory=list)
+    val_maps: np.ndarray | None = None  # (N, S, S) teacher probabilities of the validation images
 
 
 @dataclass
@@ -274,7 +287,7 @@ def prepare_teacher(cfg: RunConfig, run: RunDir, dataset, split, say) -> tuple[o
             prompt=cfg.teacher_prompt,
             epochs=cfg.teacher_epochs,
             seed=cfg.seed,
-            embedding_cache=_cache_root(cfg, run) / "embeddings",
+            embedding_cache=cache_root(cfg) / "embeddings",
             progress=False,
             decoder_warmup_epochs=max(1, cfg.teacher_epochs // 2) if cfg.teacher_mode == "lora" else 0,
         )
@@ -287,22 +300,31 @@ def prepare_teacher(cfg: RunConfig, run: RunDir, dataset, split, say) -> tuple[o
     return teacher, info
 
 
-def _cache_root(cfg: RunConfig, run: RunDir) -> Path:
-    return Path(cfg.teacher_cache) if cfg.teacher_cache else run.cache
+def cache_root(cfg: RunConfig) -> Path:
+    """The shared cache folder of this run's speed-up caches (cfg.cache, else the older
+    cfg.teacher_cache, else $SAMFED_CACHE or ~/.cache/samfed)."""
+    return cache_folder(cfg.cache or cfg.teacher_cache)
 
 
 def compute_maps(
-    teacher, dataset, ids: list[str], cfg: RunConfig, run: RunDir, prompt_masks: np.ndarray | None = None
+    teacher,
+    dataset,
+    ids: list[str],
+    cfg: RunConfig,
+    run: RunDir | None = None,
+    prompt_masks: np.ndarray | None = None,
 ) -> np.ndarray:
     """Teacher probabilities (N, S, S) float32 for `ids`, cached on disk (computed once per image).
 
-    prompt_masks: (N, S, S) bool masks of the initial global model, for the ``global-box`` prompt.
+    The cache is `cache_root(cfg)`, keyed by the teacher's hash and the image content; `run` is
+    not used (kept for callers). prompt_masks: (N, S, S) bool masks of the initial global model,
+    for the ``global-box`` prompt.
     """
     from samfed.teacher import TeacherMapCache, teacher_maps
 
     if not ids:
         return np.zeros((0, cfg.image_size, cfg.image_size), np.float32)
-    root = _cache_root(cfg, run)
+    root = cache_root(cfg)
     if hasattr(teacher, "encoder_hash") and hasattr(teacher, "decode"):
         from samfed.train.teacher_maps import EmbeddingCachedTeacher
 
@@ -339,31 +361,56 @@ def round_state(
     }
 
 
-def cached_init_global(glob: nn.Module, labeled: SegArrays, cfg: RunConfig, run: RunDir) -> dict:
-    """`init_global`, memoised in the shared cache folder when cfg.teacher_cache is set.
+@functools.cache
+def _code_digest() -> str:
+    """sha256 of the sources that define a student's training (models, method, preprocessing): a
+    cached initial model is used only with the code that made it."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("models/*.py"), *root.glob("method/*.py"), root / "preprocess.py"]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
 
-    The initial global model depends only on the settings in the key below, so benchmark rows of one
-    seed share it (a pure speed-up: training is deterministic for a given thread count)."""
-    if not cfg.teacher_cache:
-        return init_global(glob, labeled, cfg, cfg.seed)
+
+def init_key(glob: nn.Module, labeled: SegArrays, cfg: RunConfig) -> str:
+    """Content key of the initial global model: its random initial weights (architecture, norm,
+    seed), the D_p images and masks, the training settings, the code and the machine settings
+    that change the result (threads, device, precision)."""
+    import samfed
+
+    settings = [
+        cfg.server_epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.image_size, cfg.weak_aug,
+        cfg.precision, resolve_device(cfg.device).type, torch.get_num_threads(), cfg.seed,
+        torch.__version__, samfed.__version__, _code_digest(),
+    ]  # fmt: skip
+    digest = hashlib.sha256(repr(settings).encode())
+    for name, tensor in glob.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(np.ascontiguousarray(labeled.images).tobytes())
+    digest.update(np.ascontiguousarray(labeled.masks).tobytes())
+    return digest.hexdigest()
+
+
+def cached_init_global(
+    glob: nn.Module, labeled: SegArrays, cfg: RunConfig, run: RunDir | None = None
+) -> dict:
+    """`init_global`, memoised in `cache_root(cfg)/global_init` under `init_key` (a pure speed-up:
+    training is deterministic for a given thread count). `run` is not used (kept for callers).
+    A cache entry that cannot be read is trained again."""
     from samfed.train.run_dir import atomic_write_bytes
 
-    device = resolve_device(cfg.device).type
-    key = derive_seed(
-        "init_global", cfg.global_arch, cfg.norm, cfg.seed, cfg.server_epochs, cfg.batch_size, cfg.lr,
-        cfg.weight_decay, cfg.image_size, cfg.weak_aug, tuple(labeled.ids), torch.get_num_threads(),
-        *((cfg.precision,) if cfg.precision != "fp32" else ()),
-        *((device,) if device != "cpu" else ()),
-    )  # fmt: skip
-    path = Path(cfg.teacher_cache) / "global_init" / f"{key:016x}.pt"
+    path = cache_root(cfg) / "global_init" / f"{init_key(glob, labeled, cfg)[:32]}.pt"
     if path.is_file():
-        glob.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return {"cached": str(path)}
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            glob.load_state_dict(saved["state"])
+            return {**saved["info"], "cached": True}
+        except Exception:  # noqa: BLE001 - a torn or foreign file: train again and replace it
+            pass
     info = init_global(glob, labeled, cfg, cfg.seed)
-    import io
-
     buf = io.BytesIO()
-    torch.save(glob.state_dict(), buf)
+    torch.save({"state": state_copy(glob), "info": info}, buf)
     atomic_write_bytes(path, buf.getvalue())
     return info
 
@@ -382,31 +429,57 @@ def train(
     """Run (or resume) one training run into directory `out`; returns its summary and report path.
 
     teacher: optional ready teacher object (``predict_proba``, ``hash``, ``prompt``, ``input``)
-    used instead of loading and fine-tuning cfg.teacher.
+    used instead of loading and fine-tuning cfg.teacher. Everything said on the console is also
+    appended to `out`/train.log.
     """
-    console = console or Console(quiet=not progress)
-    say = console.print
+    log = RunLog(console or Console(quiet=not progress))
     t_start = time.perf_counter()
     validate_config(cfg)
     torch.set_num_threads(auto_threads(cfg.threads))
     if resolve_device(cfg.device).type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
-    spec = method_spec(cfg.method)
     run = RunDir(out)
     check_run_folder(run, resume)
+    require_writable_cache(cache_root(cfg))
     state = None
     if resume and run.checkpoint.is_file():
         state = run.load_state()
         check_resume(cfg, run, int(state["round"]))
     elif resume:
         check_resume(cfg, run, 0)
-        say(f"no round of {run.root} had finished: starting it again")
+        log.say(f"no round of {run.root} had finished: starting it again")
         run.metrics.unlink(missing_ok=True)
-        resume = False
     run.root.mkdir(parents=True, exist_ok=True)
+    log.open(run.log_file)
+    try:
+        return _train(cfg, run, state, log, progress, teacher, t_start)
+    except SamfedError as exc:
+        log.log_only(f"error: {exc}")
+        raise
+    except KeyboardInterrupt:
+        log.log_only("interrupted; finished work is saved: rerun with --resume to continue.")
+        raise
+    finally:
+        log.close()
+
+
+def _train(cfg: RunConfig, run: RunDir, state: dict | None, log: RunLog, progress, teacher, t_start):
+    """`train` after the checks: data, server initialisation, rounds, baseline, outputs."""
+    say = log.say
+    console = log.console
+    spec = method_spec(cfg.method)
+    resume = state is not None
     if not run.start_config.is_file():
         atomic_write_text(run.start_config, cfg.to_toml())
     atomic_write_text(run.config, cfg.to_toml())
+    stages: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        stages[name] = stages.get(name, 0.0) + now - clock
+        clock = now
 
     dataset, split = prepare_dataset(cfg, run, say)
     sets = load_sets(dataset, split, cfg)
@@ -415,6 +488,7 @@ def train(
         f"[bold]{cfg.method}[/]: {len(sets.labeled)} labeled server images, clients "
         f"{[len(c) for c in sets.clients]}, {len(sets.val)} validation images, {cfg.image_size} px"
     )
+    stage("data")
 
     glob = new_model(cfg.global_arch, cfg, "global")
     federated = spec.kind == "federated"
@@ -424,11 +498,14 @@ def train(
         else []
     )
     start_round = 0
+    init_info: dict = {}
     if resume:
         glob.load_state_dict(state["global_init"])
     else:
+        say(f"training the global model on the {len(sets.labeled)} server images (server initialisation)")
         init_info = cached_init_global(glob, sets.labeled, cfg, run)
         require_finite(glob, run, "the initial training of the global model on D_p")
+    stage("server init")
 
     teacher_info: dict = {}
     sets.teacher_maps = [None] * len(sets.clients)
@@ -441,11 +518,11 @@ def train(
                 "mode": "injected",
                 "prompt": getattr(teacher, "prompt", None),
             }
+        stage("teacher fine-tune")
         say(
             f"teacher maps for {sum(len(c) for c in sets.clients) + len(sets.val)} images "
-            f"(prompt {teacher.prompt}; cached for later runs)"
+            f"(prompt {teacher.prompt}; cached in {cache_root(cfg)})"
         )
-        t0 = time.perf_counter()
 
         def prompt_masks(data: SegArrays):
             return predict_proba(glob, data, prep) > 0.5 if teacher.prompt == "global-box" else None
@@ -453,16 +530,16 @@ def train(
         sets.teacher_maps = [
             compute_maps(teacher, dataset, c.ids, cfg, run, prompt_masks(c)) for c in sets.clients
         ]
-        val_maps = compute_maps(teacher, dataset, sets.val.ids, cfg, run, prompt_masks(sets.val))
-        teacher_info["val_dice"] = map_dice(val_maps, sets.val.masks)
-        teacher_info["maps_seconds"] = time.perf_counter() - t0
-        say(f"teacher validation Dice {teacher_info['val_dice']:.4f}")
+        sets.val_maps = compute_maps(teacher, dataset, sets.val.ids, cfg, run, prompt_masks(sets.val))
+        teacher_info["val_dice"] = map_dice(sets.val_maps, sets.val.masks)
+        stage("teacher maps")
+        teacher_info["maps_seconds"] = stages["teacher maps"]
+        say(f"teacher validation Dice {teacher_info['val_dice']:.3f}")
 
     global_init = state_copy(glob)
     if resume:
         glob.load_state_dict(state["global"])
-        for m, st in zip(clients, state["clients"], strict=True):
-            m.load_state_dict(st)
+        restore_clients(run, clients, state)
         torch.set_rng_state(state["torch_rng"])
         start_round = int(state["round"])
         run.truncate_metrics(start_round)
@@ -471,18 +548,86 @@ def train(
         for k, m in enumerate(clients):
             warmup_client(m, cfg.client_arch(k), glob, sets.labeled, cfg, derive_seed(cfg.seed, "warmup", k))
             require_finite(m, run, f"the warm-up of client {k}")
-        run.log({"event": "init", "round": 0, **init_info, "teacher": teacher_info})
-        log_round(run, 0, glob, clients, sets, prep, {}, {}, 0.0, say)
+        stage("client warm-up")
+        init_seconds = sum(stages[k] for k in INIT_STAGES if k in stages)
+        run.log({"event": "init", "round": 0, **init_info, "teacher": teacher_info, "stages": dict(stages)})
+        log_round(run, 0, glob, clients, sets, prep, {}, {}, init_seconds, say)
         run.save_state(round_state(0, glob, clients, cfg, global_init))
+    warning = teacher_warning(teacher_info.get("val_dice"), round0_dice(run.read_metrics()))
+    if warning:
+        say(f"[yellow]{escape(warning)}[/]")
 
+    clock = time.perf_counter()
     _run_rounds(cfg, spec, run, sets, glob, clients, prep, start_round, console, progress, say, global_init)
+    stage("rounds")
+    baseline = None
+    if federated:
+        say(f"supervised baseline: {cfg.rounds} rounds on the server images only, from the same start")
+        baseline = new_model(cfg.global_arch, cfg, "global")
+        baseline.load_state_dict(global_init)
+        supervised_rounds(baseline, sets, cfg, prep, lambda r, rec: run.log(rec))
+        require_finite(baseline, run, "the supervised baseline")
+        stage("supervised baseline")
 
-    summary = finish(cfg, run, split, sets, glob, clients, prep, teacher_info, time.perf_counter() - t_start)
-    say(
-        f"[green]done[/]: global validation Dice {summary['val_dice']:.4f}; "
-        f"report: [bold]{run.report_html}[/]"
+    summary = finish(
+        cfg,
+        run,
+        split,
+        sets,
+        glob,
+        clients,
+        prep,
+        teacher_info,
+        time.perf_counter() - t_start,
+        baseline=baseline,
+        stages=stages,
+        compact_state=True,
     )
+    say(f"[green]done[/] in {summary['seconds']:.0f} s: {comparison_line(summary)}")
+    say(f"report: [bold]{escape(str(run.report_html))}[/]")
     return RunResult(run.root, summary, run.report_html)
+
+
+INIT_STAGES = ("server init", "teacher fine-tune", "teacher maps", "client warm-up")
+
+
+def comparison_line(summary: dict) -> str:
+    """'global validation Dice 0.712 (round 0: 0.650; supervised: 0.661)' from a summary."""
+    c = summary.get("comparison") or {}
+    line = f"global validation Dice {summary['val_dice']:.3f}"
+    extra = []
+    if c.get("round0_val_dice") is not None:
+        extra.append(f"round 0: {c['round0_val_dice']:.3f}")
+    if c.get("supervised_val_dice") is not None:
+        extra.append(f"supervised: {c['supervised_val_dice']:.3f}")
+    return line + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def restore_clients(run: RunDir, clients: list[nn.Module], state: dict) -> None:
+    """Client weights from the resume state, or, for a finished run whose state leaves them out,
+    from clients/<k>/ (written with that state)."""
+    if "clients" in state:
+        for m, st in zip(clients, state["clients"], strict=True):
+            m.load_state_dict(st)
+        return
+    from safetensors.torch import load_file
+
+    for k, m in enumerate(clients):
+        path = run.client_dir(k) / "student.safetensors"
+        try:
+            m.load_state_dict(load_file(str(path)))
+        except Exception as exc:  # noqa: BLE001 - missing, torn or foreign file
+            raise SamfedError(
+                f"Cannot resume {run.root}: client {k}'s weights {path} are unreadable ({exc})."
+            ) from None
+
+
+def compact_finished_state(run: RunDir) -> None:
+    """Drop the client models from a finished run's resume state: finish() has just written them
+    to clients/<k>/, where a resume reads them (`restore_clients`)."""
+    state = run.load_state()
+    if state.pop("clients", None) is not None:
+        run.save_state(state)
 
 
 def _run_rounds(
@@ -519,7 +664,7 @@ def _run_rounds(
         if any(c.masks is None for c in sets.clients):
             raise SamfedError("The centralised baseline needs masks for every client image.")
         pooled = concat([sets.labeled, *sets.clients])
-    mean_client = int(round(np.mean([len(c) for c in sets.clients])))
+    mean_client = mean_client_size([len(c) for c in sets.clients])
     with bar:
         task = bar.add_task("rounds", total=(cfg.rounds - start_round) * per_round) if progress else None
         for r in range(start_round + 1, cfg.rounds + 1):
@@ -583,21 +728,17 @@ def _run_rounds(
 def log_round(
     run: RunDir, r: int, glob, clients, sets: Sets, prep, agg: dict, client_metrics: dict, seconds: float, say
 ) -> None:
-    """Validate the global model (and, with heterogeneous students, every client model: with FedAvg a
-    client model is only the pre-aggregation copy); log client records and the round record."""
+    """Validate the global model and every client model (with FedAvg a client model is the
+    pre-aggregation copy; at round 0 the warm-up model); log one record per client and the round
+    record (`seconds`: the round's time; for round 0 the server initialisation's)."""
     rows = evaluate_arrays(glob, sets.val, prep)
     dice = float(np.mean([x["dice"] for x in rows]))
     hd = float(np.mean([x["hd95"] for x in rows]))
     client_dice = []
-    hetero = any(type(m) is not type(glob) for m in clients)
     for k, m in enumerate(clients):
-        rec = {"event": "client", "round": r, "client": k, **client_metrics.get(k, {})}
-        if hetero:
-            cd = float(np.mean([x["dice"] for x in evaluate_arrays(m, sets.val, prep, with_hd95=False)]))
-            client_dice.append(cd)
-            rec["val_dice"] = cd
-        if hetero or client_metrics:
-            run.log(rec)
+        cd = float(np.mean([x["dice"] for x in evaluate_arrays(m, sets.val, prep, with_hd95=False)]))
+        client_dice.append(cd)
+        run.log({"event": "client", "round": r, "client": k, **client_metrics.get(k, {}), "val_dice": cd})
     run.log(
         {
             "event": "round",
@@ -610,6 +751,7 @@ def log_round(
         }
     )
     extra = ""
+    source = "teacher" if any(m is not None for m in sets.teacher_maps) else "source"
     recs = list(client_metrics.values())
     agree = [x["agreement_rate"] for x in recs if x.get("agreement_rate") is not None]
     pl = [x for x in recs if x.get("pl_dice") is not None]
@@ -618,10 +760,10 @@ def log_round(
     if pl:
         extra += (
             f", pseudo-label Dice {np.mean([x['pl_dice'] for x in pl]):.3f} "
-            f"(source {np.mean([x['teacher_dice'] for x in pl]):.3f})"
+            f"({source} {np.mean([x['teacher_dice'] for x in pl]):.3f})"
         )
     cl = f" (clients {', '.join(f'{d:.3f}' for d in client_dice)})" if client_dice else ""
-    say(f"round {r}: global val Dice {dice:.4f}, HD95 {hd:.1f}{cl}{extra}")
+    say(f"round {r}: global val Dice {dice:.3f}, HD95 {hd:.1f}{cl}{extra}, {seconds:.1f} s")
 
 
 # ---- outputs -----------------------------------------------------------------------------------
@@ -652,12 +794,28 @@ def tail_mean(records: list[dict], key: str, k: int) -> float | None:
 
 
 def finish(
-    cfg, run: RunDir, split, sets: Sets, glob, clients, prep, teacher_info: dict, seconds: float
+    cfg,
+    run: RunDir,
+    split,
+    sets: Sets,
+    glob,
+    clients,
+    prep,
+    teacher_info: dict,
+    seconds: float,
+    *,
+    baseline: nn.Module | None = None,
+    stages: dict[str, float] | None = None,
+    compact_state: bool = False,
 ) -> dict:
-    """Checkpoints, final scores, plots, report, summary.json and manifest.json."""
+    """Checkpoints, final scores, plots, report, summary.json and manifest.json.
+
+    baseline: the `supervised` baseline's final model (its per-round records are in the metrics);
+    stages: seconds per stage of this process; compact_state: drop the client models from the
+    resume state once they are written to clients/<k>/ (a resume reads them there)."""
     from export.checkpoint import save_student_checkpoint
-    from samfed.train.plots import plot_agreement, plot_val_dice
-    from samfed.train.report import hardware, write_report
+    from samfed.train.provenance import provenance
+    from samfed.train.report import write_report
 
     data_path = str(run.data.resolve()) if cfg.data is None else str(Path(cfg.data).resolve())
     meta = {
@@ -673,6 +831,8 @@ def finish(
         save_student_checkpoint(
             m, cfg.client_arch(k), cfg.norm, prep, run.client_dir(k), role=f"client {k}", **meta
         )
+    if compact_state:
+        compact_finished_state(run)
 
     models = [_score(glob, cfg.global_arch, "global", "val", sets.val, prep)]
     if sets.test is not None:
@@ -680,7 +840,12 @@ def finish(
     models += [
         _score(m, cfg.client_arch(k), f"client {k}", "val", sets.val, prep) for k, m in enumerate(clients)
     ]
+    if baseline is not None:
+        models.append(_score(baseline, cfg.global_arch, "supervised", "val", sets.val, prep))
+        if sets.test is not None:
+            models.append(_score(baseline, cfg.global_arch, "supervised", "test", sets.test, prep))
     records = run.read_metrics()
+    r0 = round0_dice(records)
     summary = {
         "config": cfg.to_dict(),
         "data": cfg.data or "built-in synthetic",
@@ -696,8 +861,11 @@ def finish(
         "val_dice": models[0]["dice_mean"],
         "val_hd95": models[0]["hd95_mean"],
         "val_dice_last5": tail_mean(records, "val_dice", 5),
+        "comparison": comparison(cfg, models, r0),
+        "warnings": [w for w in [teacher_warning(teacher_info.get("val_dice"), r0)] if w],
+        "stages": stage_seconds(records, stages or {}),
         "seconds": seconds,
-        "hardware": hardware(),
+        **provenance(),
     }
     run.log(
         {
@@ -709,15 +877,59 @@ def finish(
         }
     )
     records = run.read_metrics()
-    plots = [
-        p
-        for p in (
-            plot_val_dice(records, run.plots / "val_dice.png", f"{cfg.method}: validation Dice"),
-            plot_agreement(records, run.plots / "agreement.png"),
-        )
-        if p is not None
-    ]
+    plots = make_plots(cfg, run, sets, glob, clients, prep, records, summary)
     run.write_json(run.summary, summary)
     write_report(run.root, summary, records, plots)
     run.write_manifest()
     return summary
+
+
+def comparison(cfg: RunConfig, models: list[dict], round0: float | None) -> dict:
+    """The lead numbers of the report: the method's global model at round 0 and at the end, and
+    the `supervised` baseline's end (None for methods without one)."""
+
+    def pick(name: str, split_name: str, key: str):
+        row = next((m for m in models if m["model"] == name and m["split"] == split_name), None)
+        return None if row is None else row[key]
+
+    return {
+        "method": cfg.method,
+        "round0_val_dice": round0,
+        "val_dice": pick("global", "val", "dice_mean"),
+        "val_hd95": pick("global", "val", "hd95_mean"),
+        "test_dice": pick("global", "test", "dice_mean"),
+        "supervised_val_dice": pick("supervised", "val", "dice_mean"),
+        "supervised_val_hd95": pick("supervised", "val", "hd95_mean"),
+        "supervised_test_dice": pick("supervised", "test", "dice_mean"),
+    }
+
+
+def stage_seconds(records: list[dict], here: dict[str, float]) -> dict[str, float]:
+    """Seconds per stage of the whole run: the initialisation stages as the run's init record has
+    them (its first process), every round's time from the round records, then this process's
+    later stages (supervised baseline)."""
+    init = next((r.get("stages") for r in records if r.get("event") == "init"), None) or {}
+    found = {k: float(v) for k, v in init.items() if isinstance(v, int | float)}
+    rounds = [r["seconds"] for r in records if r.get("event") == "round" and r.get("round", 0) >= 1]
+    found["rounds"] = float(sum(rounds))
+    found.update({k: v for k, v in here.items() if k not in found and k not in INIT_STAGES})
+    order = ("data", *INIT_STAGES, "rounds")
+    return {k: found[k] for k in sorted(found, key=lambda k: order.index(k) if k in order else len(order))}
+
+
+def make_plots(cfg: RunConfig, run: RunDir, sets: Sets, glob, clients, prep, records, summary) -> list[Path]:
+    """The report's PNGs: validation Dice per round (method, clients, supervised, teacher), loss,
+    agreement, and the qualitative panel of a few validation images."""
+    from samfed.train.evaluation import panel_rows
+    from samfed.train.plots import plot_agreement, plot_loss, plot_qualitative, plot_val_dice
+
+    teacher_dice = (summary.get("teacher") or {}).get("val_dice")
+    spec = method_spec(cfg.method)
+    panel = panel_rows(cfg, sets, glob, clients, prep)
+    made = [
+        plot_val_dice(records, run.plots / "val_dice.png", cfg.method, teacher_dice),
+        plot_loss(records, run.plots / "loss.png"),
+        plot_agreement(records, run.plots / "agreement.png", "teacher" if spec.needs_teacher else "source"),
+        plot_qualitative(panel, run.plots / "qualitative.png"),
+    ]
+    return [p for p in made if p is not None]

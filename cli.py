@@ -15,7 +15,19 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from samfed.commands import bench, data, evaluate, export, federation, models, predict, teacher, train, view
+from samfed.commands import (
+    bench,
+    certs,
+    data,
+    evaluate,
+    export,
+    federation,
+    models,
+    predict,
+    teacher,
+    train,
+    view,
+)
 from samfed.errors import SamfedError
 
 app = typer.Typer(
@@ -36,6 +48,7 @@ app.command(help=federation.node.__doc__)(federation.node)
 app.command(help=view.view.__doc__)(view.view)
 app.add_typer(data.app, name="data")
 app.add_typer(teacher.app, name="teacher")
+app.add_typer(certs.app, name="certs")
 
 _err = Console(stderr=True)
 OWN_PACKAGES = ("samfed", "edge", "export", "cli")  # a missing one of these is a bug, not an install

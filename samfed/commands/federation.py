@@ -147,7 +147,7 @@ def _node_keys(paths: list[Path] | None, certs: Path | None) -> list[Path]:
 def _server_tls(certs: Path | None, insecure: bool, node_key: list[Path] | None):
     """The server's TLS files from --certs (None with --insecure); SamfedError on a bad setup,
     a warning when a certificate expires within a month."""
-    from samfed.federation.tls import TlsFiles, certificate_hosts, warn_if_expiring
+    from samfed.federation.tls import NEW_CA_HINT, TlsFiles, certificate_hosts, warn_if_expiring
 
     tls = None
     if certs is not None:
@@ -165,7 +165,7 @@ def _server_tls(certs: Path | None, insecure: bool, node_key: list[Path] | None)
                 "SuperExec and flwr reach the SuperLink on loopback); it lists: "
                 f"{', '.join(sorted(hosts)) or 'no names'}."
             )
-        warn_if_expiring(tls.ca_cert, f"CA certificate {tls.ca_cert}")
+        warn_if_expiring(tls.ca_cert, f"CA certificate {tls.ca_cert}", hint=NEW_CA_HINT)
         warn_if_expiring(tls.server_cert, f"server certificate {tls.server_cert}")
     elif not insecure:
         raise SamfedError("Pass --certs DIR for TLS, or --insecure for a trial on a trusted network.")
@@ -342,7 +342,7 @@ def node(
         raise SamfedError("Pass --ca CA.pem (TLS) or --insecure for a trial on a trusted network.")
     server_host, server_port = fp.split_address(superlink)
     if ca is not None:
-        T.warn_if_expiring(ca, f"CA certificate {ca}")
+        T.warn_if_expiring(ca, f"CA certificate {ca}", hint=T.NODE_CA_HINT)
     if auth_key is not None:
         _check_private_key(auth_key)
     data = data.expanduser().resolve()
@@ -425,15 +425,16 @@ def _check_server_certificate(host: str, port: int) -> None:
     from cryptography import x509
 
     from samfed.federation import processes as fp
-    from samfed.federation.tls import warn_if_expiring
+    from samfed.federation.tls import NODE_SERVER_HINT, warn_if_expiring
 
     try:
         pem = ssl.get_server_certificate((host, port), timeout=10)
     except (OSError, ssl.SSLError, ValueError):
         return
     cert = x509.load_pem_x509_certificate(pem.encode())
-    hint = "ask the server's operator to renew it (`samfed certs renew`)"
-    warn_if_expiring(cert, f"certificate of the server at {fp.join_address(host, port)}", hint=hint)
+    warn_if_expiring(
+        cert, f"certificate of the server at {fp.join_address(host, port)}", hint=NODE_SERVER_HINT
+    )
 
 
 def _wait_for_server(host: str, port: int, timeout: float) -> None:

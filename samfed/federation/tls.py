@@ -143,7 +143,7 @@ def _window(days: int, valid_from: dt.datetime | None) -> tuple[dt.datetime, dt.
     """(not before, not after): from `valid_from` (default 5 minutes ago, for clock skew), `days` long."""
     if not (isinstance(days, int) and days >= 1):
         raise SamfedError(f"A certificate must be valid for a whole number of days >= 1, not {days!r}.")
-    start = valid_from or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    start = (valid_from or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)).replace(microsecond=0)
     return start, start + dt.timedelta(days=days)
 
 
@@ -323,7 +323,10 @@ def fingerprint(cert) -> str:
     return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
 
 
-RENEW_HINT = "renew it with `samfed certs renew`"
+RENEW_HINT = "renew it with `samfed certs renew`"  # the server certificate, on the server
+NEW_CA_HINT = "make a new CA with `samfed certs init --force` and give its ca.pem to every node"
+NODE_CA_HINT = "ask the server's operator for the new ca.pem"
+NODE_SERVER_HINT = "ask the server's operator to renew it (`samfed certs renew`)"
 
 
 def check_validity(
@@ -400,6 +403,7 @@ def make_node_key(folder: str | Path, name: str = "node", overwrite: bool = Fals
 def check_node_public_key(path: str | Path) -> bytes:
     """The OpenSSH public key line of `path` when it is an ECDSA P-384 key (what Flower's node
     authentication takes); SamfedError naming the file otherwise."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
@@ -409,7 +413,7 @@ def check_node_public_key(path: str | Path) -> bytes:
         key = load_ssh_public_key(data.strip())
     except OSError as exc:
         raise SamfedError(f"Cannot read the node key {path} ({exc.strerror or exc}).") from None
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         key = None
     if not (isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp384r1"):
         raise SamfedError(
@@ -421,6 +425,7 @@ def check_node_public_key(path: str | Path) -> bytes:
 
 def check_node_private_key(path: str | Path) -> None:
     """SamfedError unless `path` is an unencrypted OpenSSH ECDSA P-384 private key."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
@@ -429,7 +434,7 @@ def check_node_private_key(path: str | Path) -> None:
         key = load_ssh_private_key(path.read_bytes(), None)
     except OSError as exc:
         raise SamfedError(f"Cannot read the node key {path} ({exc.strerror or exc}).") from None
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         key = None
     if not (isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"):
         raise SamfedError(

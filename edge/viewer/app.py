@@ -8,7 +8,8 @@ stop the server):
     GET  /api/card              the model card (edge.viewer.card)
     POST /api/segment           body: the image file's bytes (never written to disk); header
                                 X-Samfed-Viewer: 1 (a cross-site form cannot send it), optional
-                                X-File-Name (URL-encoded); answer: edge.viewer.segment.segment
+                                X-File-Name (URL-encoded); answer: the probability map and
+                                statistics in edge.viewer.segment's wire format
     GET  /api/gallery           rows of the predict folder (404 without --folder)
     GET  /api/gallery/{kind}?id=ID   overlay or mask PNG of a row, only from inside the folder
 
@@ -37,7 +38,7 @@ from starlette.staticfiles import StaticFiles
 from edge.predictor import Predictor
 from edge.viewer.card import model_card
 from edge.viewer.gallery import KINDS, Gallery
-from edge.viewer.segment import segment
+from edge.viewer.segment import pack, segment
 from edge.viewer.upload import MAX_PIXELS, BadUpload, decode_upload
 from samfed.errors import SamfedError
 
@@ -134,17 +135,18 @@ def create_app(
     card = model_card(predictor)
     page = (STATIC / "index.html").read_bytes()
 
-    def run_segment(data: bytes, name: str) -> dict:
+    def run_segment(data: bytes, name: str) -> bytes:
         with lock:
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             image = decode_upload(data, name, max_pixels)
             decode_ms = (time.perf_counter() - t0) * 1e3
-            result = segment(predictor, image, name)
-            result["timing_ms"] |= {
+            meta, codes = segment(predictor, image, name)
+            meta["timing_ms"] |= {
                 "decode": round(decode_ms, 2),
                 "server": round((time.perf_counter() - t0) * 1e3, 2),
+                "server_cpu": round((time.process_time() - cpu0) * 1e3, 2),  # all threads of the process
             }
-            return result
+            return pack(meta, codes)
 
     async def index(_: Request) -> Response:
         return Response(page, media_type="text/html; charset=utf-8")
@@ -158,7 +160,8 @@ def create_app(
         try:
             name = upload_name(request)
             data = await read_body(request, max_upload_bytes, name)
-            return JSONResponse(await run_in_threadpool(run_segment, data, name))
+            result = await run_in_threadpool(run_segment, data, name)
+            return Response(result, media_type="application/octet-stream")
         except BadUpload as exc:
             return error(exc.status, str(exc))
         except SamfedError as exc:  # the model failed on a valid image

@@ -1,11 +1,14 @@
 // samfed viewer: uploads go to /api/segment; thresholding, overlay and statistics run here.
 // The server sends an 8-bit probability map whose codes >= foreground_code are exactly the
 // model's mask at its threshold (edge/viewer/segment.py); other thresholds are mapped through the
-// same piecewise-linear coding. Manifest and file names are inserted as text, never as HTML.
+// same piecewise-linear coding. Fill and outline are two layers drawn over the image, so opacity
+// changes redraw without touching pixels. Manifest and file names are inserted as text, never as HTML.
 "use strict";
 
 const TINT = [0, 200, 80];
 const CONTOUR = [255, 230, 0];
+const MAX_RESULTS = 24;
+const VIEW_MAX_SIDE = 1024; // px of the on-screen overlay (downloads are full size)
 const $ = (id) => document.getElementById(id);
 
 const state = { card: null, results: [], current: null, gallery: [], galleryIndex: -1 };
@@ -39,47 +42,51 @@ function probabilityTable(t) {
 }
 
 // ---- image helpers --------------------------------------------------------------------------
-function loadImage(url) {
-  return new Promise((resolve, reject) => {
-    const img = new Image();
-    img.onload = () => resolve(img);
-    img.onerror = () => reject(new Error("the browser cannot display this image"));
-    img.src = url;
-  });
-}
-
-async function decodeMap(r) {
-  const bytes = Uint8Array.from(atob(r.map_png), (c) => c.charCodeAt(0));
-  const blob = new Blob([bytes], { type: "image/png" });
-  const bmp = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
-  const c = document.createElement("canvas");
-  c.width = r.map_width;
-  c.height = r.map_height;
-  const ctx = c.getContext("2d", { willReadFrequently: true });
-  ctx.drawImage(bmp, 0, 0);
-  const rgba = ctx.getImageData(0, 0, c.width, c.height).data;
-  const codes = new Uint8Array(c.width * c.height);
-  for (let i = 0; i < codes.length; i++) codes[i] = rgba[4 * i];
-  return codes;
-}
-
-// Mask pixels within `thickness` px of the background (4-neighbour; outside counts as background).
-function contour(mask, w, h, thickness) {
-  let inner = mask;
-  for (let k = 0; k < thickness; k++) {
-    const next = new Uint8Array(w * h);
-    for (let y = 1; y < h - 1; y++) {
-      const row = y * w;
-      for (let x = 1; x < w - 1; x++) {
-        const i = row + x;
-        next[i] = inner[i] & inner[i - 1] & inner[i + 1] & inner[i - w] & inner[i + w];
-      }
-    }
-    inner = next;
+// The file decoded off the main thread (upright, as the browser shows it), while the server works.
+async function decodeImage(file) {
+  try {
+    return await createImageBitmap(file, { imageOrientation: "from-image" });
+  } catch {
+    throw new Error("the browser cannot display this image");
   }
-  const edge = new Uint8Array(w * h);
-  for (let i = 0; i < edge.length; i++) edge[i] = mask[i] & (1 - inner[i]);
-  return edge;
+}
+
+// The answer of /api/segment: uint32 n (little-endian), n bytes of JSON, then one code per pixel.
+function unpack(buffer) {
+  const n = new DataView(buffer).getUint32(0, true);
+  const meta = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, n)));
+  const codes = new Uint8Array(buffer, 4 + n);
+  if (codes.length !== meta.map_width * meta.map_height) throw new Error("the viewer sent an incomplete map");
+  return { ...meta, codes };
+}
+
+// Fill and outline layers of `mask` inside its bounding box `box` = [x0, y0, x1, y1). Outline:
+// mask pixels within `thickness` px (4-neighbour steps) of the background, outside the image
+// counting as background, as edge/outputs.py draws it; found with a two-pass city-block distance
+// transform truncated at thickness + 1.
+function layers(mask, w, box, thickness) {
+  const [x0, y0, x1, y1] = box, bw = x1 - x0, bh = y1 - y0, far = thickness + 1;
+  const d = new Uint8Array(bw * bh);
+  for (let y = 0, j = 0; y < bh; y++) {
+    for (let x = 0, i = (y + y0) * w + x0; x < bw; x++, i++, j++) {
+      if (!mask[i]) continue;
+      const up = y > 0 ? d[j - bw] : 0, left = x > 0 ? d[j - 1] : 0;
+      d[j] = Math.min(far, up + 1, left + 1);
+    }
+  }
+  const fill = new ImageData(bw, bh), line = new ImageData(bw, bh);
+  const fill32 = new Uint32Array(fill.data.buffer), line32 = new Uint32Array(line.data.buffer);
+  for (let y = bh - 1, j = bw * bh - 1; y >= 0; y--) {
+    for (let x = bw - 1; x >= 0; x--, j--) {
+      if (!d[j]) continue;
+      const down = y < bh - 1 ? d[j + bw] : 0, right = x < bw - 1 ? d[j + 1] : 0;
+      const v = Math.min(d[j], down + 1, right + 1);
+      d[j] = v;
+      if (v <= thickness) line32[j] = CONTOUR32;
+      else fill32[j] = TINT32;
+    }
+  }
+  return [fill, line];
 }
 
 // ---- analysing uploads ----------------------------------------------------------------------
@@ -87,35 +94,40 @@ async function analyse(file) {
   const t0 = performance.now();
   const limit = state.card ? state.card.max_upload_bytes : Infinity;
   if (file.size > limit) throw new Error(`${file.name} is larger than the viewer's limit of ${(limit / 2 ** 20).toFixed(0)} MB.`);
-  const url = URL.createObjectURL(file);
-  const shown = loadImage(url);
+  const shown = decodeImage(file);
   shown.catch(() => {});
   const resp = await fetch("/api/segment", {
     method: "POST",
     body: file,
     headers: { "X-Samfed-Viewer": "1", "X-File-Name": encodeURIComponent(file.name), "Content-Type": "application/octet-stream" },
   });
-  let body;
-  try {
-    body = await resp.json();
-  } catch {
-    body = { error: `the viewer answered ${resp.status} without a reason` };
+  if (!resp.ok) {
+    let reason = `the viewer answered ${resp.status}`;
+    try {
+      reason = (await resp.json()).error || reason;
+    } catch {}
+    throw new Error(reason);
   }
-  if (!resp.ok) throw new Error(body.error || `the viewer answered ${resp.status}`);
-  let img;
+  const r = unpack(await resp.arrayBuffer());
+  const tResponse = performance.now();
   try {
-    img = await shown;
+    r.img = await shown;
   } catch (e) {
     throw new Error(`${file.name}: ${e.message}.`);
   }
-  const r = { ...body, file, url, img, codes: await decodeMap(body), lut: probabilityTable(body.threshold) };
+  const url = URL.createObjectURL(file);
+  const tImage = performance.now();
+  Object.assign(r, { file, url, lut: probabilityTable(r.threshold) });
   prepare(r);
-  state.results.push(r);
-  addThumbnail(r);
+  keep(r);
   show(r);
   r.uploadToOverlayMs = performance.now() - t0;
   showTiming(r);
-  $("detail").dataset.uploadToOverlayMs = r.uploadToOverlayMs.toFixed(1);
+  const detail = $("detail");
+  detail.dataset.uploadToOverlayMs = r.uploadToOverlayMs.toFixed(1);
+  // where the time went: answer received, image decoded by the browser, overlay drawn
+  detail.dataset.stages = JSON.stringify({ response: tResponse - t0, image: tImage - t0, overlay: r.uploadToOverlayMs });
+  detail.dataset.analysed = String(Number(detail.dataset.analysed || 0) + 1);
   return r;
 }
 
@@ -132,20 +144,28 @@ async function analyseAll(files) {
       say(e.message.startsWith(file.name) ? e.message : `${file.name}: ${e.message}`);
     }
   }
-  $("detail").dataset.pending = "0";
 }
 
-// Cache the original pixels at the map's size (the map is the image's size unless it is very large).
+// Per result: a histogram of the full map's codes (statistics at any threshold in 256 steps) and
+// a view of the codes at display size (at most VIEW_MAX_SIDE px, nearest neighbour) that the
+// overlay is drawn from. Downloads are drawn from the full map.
 function prepare(r) {
   const w = r.map_width, h = r.map_height;
-  const c = document.createElement("canvas");
-  c.width = w;
-  c.height = h;
-  const ctx = c.getContext("2d", { willReadFrequently: true });
-  ctx.drawImage(r.img, 0, 0, w, h);
-  r.base = ctx.getImageData(0, 0, w, h);
-  r.thickness = Math.max(1, Math.round(Math.min(w, h) / 256));
   r.exactMap = w === r.width && h === r.height;
+  r.hist = new Uint32Array(256);
+  for (let i = 0; i < r.codes.length; i++) r.hist[r.codes[i]]++;
+  const f = Math.min(1, VIEW_MAX_SIDE / Math.max(w, h));
+  const vw = Math.max(1, Math.round(w * f)), vh = Math.max(1, Math.round(h * f));
+  let view = r.codes;
+  if (vw !== w || vh !== h) {
+    view = new Uint8Array(vw * vh);
+    const xs = Int32Array.from({ length: vw }, (_, x) => Math.min(w - 1, Math.floor(((x + 0.5) * w) / vw)));
+    for (let y = 0; y < vh; y++) {
+      const src = Math.min(h - 1, Math.floor(((y + 0.5) * h) / vh)) * w, row = y * vw;
+      for (let x = 0; x < vw; x++) view[row + x] = r.codes[src + xs[x]];
+    }
+  }
+  r.view = { codes: view, w: vw, h: vh };
 }
 
 function threshold() {
@@ -154,32 +174,87 @@ function threshold() {
   return r && Math.abs(v - r.threshold) < 0.005 ? r.threshold : v;
 }
 
+// Pixels as 32-bit RGBA words (the platform's byte order).
+const LITTLE = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+function rgba32(rgb, a) {
+  return LITTLE ? ((a << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0]) >>> 0 : ((rgb[0] << 24) | (rgb[1] << 16) | (rgb[2] << 8) | a) >>> 0;
+}
+const TINT32 = rgba32(TINT, 255), CONTOUR32 = rgba32(CONTOUR, 255);
+
+// Mask of (w x h) `codes` at first foreground code q0, and its fill and outline layers as canvases
+// (outline about 1 px per 256 px of the shorter side, as `samfed predict` draws it).
+function drawLayers(codes, w, h, q0) {
+  const mask = new Uint8Array(w * h);
+  let x0 = w, y0 = h, x1 = -1, y1 = -1;
+  for (let y = 0; y < h; y++) {
+    const row = y * w;
+    let first = -1, last = -1;
+    for (let x = 0; x < w; x++) {
+      if (codes[row + x] >= q0) {
+        mask[row + x] = 1;
+        if (first < 0) first = x;
+        last = x;
+      }
+    }
+    if (first >= 0) {
+      if (first < x0) x0 = first;
+      if (last > x1) x1 = last;
+      if (y < y0) y0 = y;
+      y1 = y;
+    }
+  }
+  const fillCanvas = document.createElement("canvas"), edgeCanvas = document.createElement("canvas");
+  for (const c of [fillCanvas, edgeCanvas]) {
+    c.width = w;
+    c.height = h;
+  }
+  if (x1 >= 0) {
+    const thickness = Math.max(1, Math.round(Math.min(w, h) / 256));
+    const [fill, line] = layers(mask, w, [x0, y0, x1 + 1, y1 + 1], thickness);
+    fillCanvas.getContext("2d").putImageData(fill, x0, y0);
+    edgeCanvas.getContext("2d").putImageData(line, x0, y0);
+  }
+  return { mask, fillCanvas, edgeCanvas };
+}
+
+// Statistics and display layers for threshold t (only when t changed).
 function updateMask(r, t) {
   if (r.maskThreshold === t) return;
   const q0 = firstForegroundCode(t, r);
-  const n = r.codes.length;
-  const mask = new Uint8Array(n);
-  let area = 0, sum = 0;
-  for (let i = 0; i < n; i++) {
-    const q = r.codes[i];
-    if (q >= q0) {
-      mask[i] = 1;
-      area++;
-      sum += r.lut[q];
-    }
-  }
-  r.mask = mask;
-  r.edge = contour(mask, r.map_width, r.map_height, r.thickness);
+  r.layers = drawLayers(r.view.codes, r.view.w, r.view.h, q0);
   r.maskThreshold = t;
+  let area = 0, sum = 0;
+  for (let q = Math.max(0, q0); q < 256; q++) {
+    area += r.hist[q];
+    sum += r.hist[q] * r.lut[q];
+  }
   if (!r.exactMap && t === r.threshold) {
     r.area = r.stats.area_px; // exact, computed at full size by the server
     r.areaFraction = r.stats.area_fraction;
     r.confidence = r.stats.mean_confidence === "" ? null : r.stats.mean_confidence;
   } else {
+    const n = r.codes.length;
     r.area = Math.round((area * r.width * r.height) / n);
     r.areaFraction = area / n;
     r.confidence = area ? sum / area : null;
   }
+}
+
+// Draw image + layers on `canvas` (w x h) with the page's opacity and fill/outline choices.
+function compose(canvas, r, layers, w, h) {
+  if (canvas.width !== w || canvas.height !== h) {
+    canvas.width = w;
+    canvas.height = h;
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.globalAlpha = 1;
+  ctx.drawImage(r.img, 0, 0, w, h);
+  if ($("fill").checked) {
+    ctx.globalAlpha = Number($("opacity").value);
+    ctx.drawImage(layers.fillCanvas, 0, 0);
+    ctx.globalAlpha = 1;
+  }
+  if ($("outline").checked) ctx.drawImage(layers.edgeCanvas, 0, 0);
 }
 
 function render() {
@@ -187,27 +262,9 @@ function render() {
   if (!r) return;
   const t = threshold();
   updateMask(r, t);
-  const alpha = Number($("opacity").value);
-  const fill = $("fill").checked, outline = $("outline").checked;
-  const out = new ImageData(new Uint8ClampedArray(r.base.data), r.map_width, r.map_height);
-  const d = out.data;
-  for (let i = 0; i < r.mask.length; i++) {
-    if (!r.mask[i]) continue;
-    const j = 4 * i;
-    if (outline && r.edge[i]) {
-      d[j] = CONTOUR[0]; d[j + 1] = CONTOUR[1]; d[j + 2] = CONTOUR[2];
-    } else if (fill) {
-      d[j] += (TINT[0] - d[j]) * alpha;
-      d[j + 1] += (TINT[1] - d[j + 1]) * alpha;
-      d[j + 2] += (TINT[2] - d[j + 2]) * alpha;
-    }
-  }
-  const canvas = $("overlay");
-  canvas.width = r.map_width;
-  canvas.height = r.map_height;
-  canvas.getContext("2d").putImageData(out, 0, 0);
+  compose($("overlay"), r, r.layers, r.view.w, r.view.h);
   $("threshold-value").textContent = t.toFixed(2);
-  $("opacity-value").textContent = alpha.toFixed(2);
+  $("opacity-value").textContent = Number($("opacity").value).toFixed(2);
   const approx = r.exactMap || t === r.threshold ? "" : "≈ ";
   $("area-px").textContent = approx + r.area.toLocaleString("en-US");
   $("area-px").dataset.value = String(r.area);
@@ -229,9 +286,9 @@ function show(r) {
   state.current = r;
   $("detail").hidden = false;
   const original = $("original");
-  original.width = r.map_width;
-  original.height = r.map_height;
-  original.getContext("2d").putImageData(r.base, 0, 0);
+  original.width = r.view.w;
+  original.height = r.view.h;
+  original.getContext("2d").drawImage(r.img, 0, 0, r.view.w, r.view.h);
   $("threshold").value = r.threshold;
   $("image-name").textContent = r.name;
   $("image-size").textContent = `${r.width} × ${r.height} px`;
@@ -239,6 +296,18 @@ function show(r) {
   for (const el of document.querySelectorAll("#uploads figure")) el.classList.toggle("selected", el.result === r);
   render();
   showTiming(r);
+}
+
+// Add a result to the strip, dropping the oldest beyond MAX_RESULTS (each holds full-size pixels).
+function keep(r) {
+  state.results.push(r);
+  addThumbnail(r);
+  while (state.results.length > MAX_RESULTS) {
+    const old = state.results.shift();
+    URL.revokeObjectURL(old.url);
+    old.img.close();
+    for (const el of document.querySelectorAll("#uploads figure")) if (el.result === old) el.remove();
+  }
 }
 
 function addThumbnail(r) {
@@ -271,21 +340,36 @@ function download(canvas, filename) {
   }, "image/png");
 }
 
+// The full-size mask and overlay at the current threshold (the map's size: the image's own size
+// unless it is over 2048 px).
+function fullSize(r) {
+  const t = threshold();
+  if (r.full && r.full.threshold === t) return r.full;
+  r.full = { threshold: t, ...drawLayers(r.codes, r.map_width, r.map_height, firstForegroundCode(t, r)) };
+  return r.full;
+}
+
 function downloadMask() {
   const r = state.current;
   if (!r) return;
+  const { mask } = fullSize(r);
   const c = document.createElement("canvas");
   c.width = r.map_width;
   c.height = r.map_height;
   const ctx = c.getContext("2d");
   const im = ctx.createImageData(c.width, c.height);
-  for (let i = 0; i < r.mask.length; i++) {
-    const v = r.mask[i] ? 255 : 0;
-    im.data[4 * i] = im.data[4 * i + 1] = im.data[4 * i + 2] = v;
-    im.data[4 * i + 3] = 255;
-  }
+  const px = new Uint32Array(im.data.buffer), white = rgba32([255, 255, 255], 255), black = rgba32([0, 0, 0], 255);
+  for (let i = 0; i < mask.length; i++) px[i] = mask[i] ? white : black;
   ctx.putImageData(im, 0, 0);
   download(c, `${stem(r.name)}_mask.png`);
+}
+
+function downloadOverlay() {
+  const r = state.current;
+  if (!r) return;
+  const c = document.createElement("canvas");
+  compose(c, r, fullSize(r), r.map_width, r.map_height);
+  download(c, `${stem(r.name)}_overlay.png`);
 }
 
 // ---- gallery --------------------------------------------------------------------------------
@@ -447,7 +531,6 @@ async function init() {
   for (const b of document.querySelectorAll("nav [role=tab]")) b.addEventListener("click", () => selectTab(b.dataset.tab));
   const input = $("file-input");
   input.addEventListener("change", async () => {
-    $("detail").dataset.pending = "1";
     await analyseAll(input.files);
     input.value = "";
   });
@@ -457,7 +540,6 @@ async function init() {
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    $("detail").dataset.pending = "1";
     analyseAll(e.dataTransfer ? e.dataTransfer.files : []);
   });
   for (const id of ["opacity", "threshold", "fill", "outline"]) $(id).addEventListener("input", render);
@@ -466,7 +548,7 @@ async function init() {
     render();
   });
   $("download-mask").addEventListener("click", downloadMask);
-  $("download-overlay").addEventListener("click", () => state.current && download($("overlay"), `${stem(state.current.name)}_overlay.png`));
+  $("download-overlay").addEventListener("click", downloadOverlay);
   $("sort").addEventListener("change", () => { renderGallery(); closeGallery(); });
   $("gallery-back").addEventListener("click", closeGallery);
   $("gallery-prev").addEventListener("click", () => openGallery(state.galleryIndex - 1));

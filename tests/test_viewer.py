@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import queue
 import re
@@ -17,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +36,7 @@ from edge.viewer.card import NOTICE
 from edge.viewer.gallery import open_gallery
 from edge.viewer.segment import FOREGROUND_CODE, pack, segment, unpack
 from export.build import export_student
+from export.manifest_writer import sign_export
 from samfed.data import load_dataset, read_image, read_mask
 from samfed.errors import SamfedError
 
@@ -278,16 +281,23 @@ def test_gallery_refuses_folders_that_are_not_predict_output(predicted, tmp_path
 # --- command line ----------------------------------------------------------------------------------
 
 
-def test_cli_refuses_remote_host_without_flag_busy_port_and_bad_folder(exported, tmp_path):
+def test_cli_remote_host_flag_busy_port_bad_folder_and_trusted_key(exported, tmp_path):
     res = run_cli("view", str(exported), "--host", "0.0.0.0")
     assert res.returncode == 2 and "--allow-remote" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("view", str(exported), "--folder", str(tmp_path))
     assert res.returncode == 2 and "no predictions.csv" in res.stderr
-    with Viewer(exported, "--host", "0.0.0.0", "--allow-remote", "--port", "0") as v:
-        assert "warning" in v.stderr_text() and "without a password" in " ".join(v.stderr_text().split())
+    signed = tmp_path / "signed"
+    shutil.copytree(exported, signed)
+    fp = sign_export(signed, tmp_path / "key.pem")
+    res = run_cli("view", str(signed), "--trusted-key", "SHA256:" + "0" * 64)
+    assert res.returncode == 2 and "not by a trusted key" in res.stderr
+    with Viewer(signed, "--host", "0.0.0.0", "--allow-remote", "--port", "0", "--trusted-key", fp) as v:
+        assert "without a password" in " ".join(v.stderr_text().split())
         port = v.url.rsplit(":", 1)[1].strip("/")
         res = run_cli("view", str(exported), "--port", port)
         assert res.returncode == 2 and f"Port {port} on 127.0.0.1 is in use" in res.stderr
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/card", timeout=30) as answer:
+            assert json.loads(answer.read())["model"]["signer"] == fp
 
 
 @pytest.mark.slow
@@ -458,12 +468,20 @@ def test_browser_upload_threshold_downloads_gallery_and_card(exported, photos, p
             driver.save_screenshot(str(tmp_path / "viewer.png"))
             shutil.copy(tmp_path / "viewer.png", ARTIFACTS / "viewer-browser-test.png")
             print(f"screenshot: {ARTIFACTS / 'viewer-browser-test.png'}")
-            # a bad file is a message on the page; the next good one still works
+            # bad files are messages on the page (an empty drop too); the next good one still works
             (tmp_path / "notes.jpg").write_text("not an image")
-            find(By.ID, "file-input").send_keys(f"{tmp_path / 'notes.jpg'}\n{photos / 'case1.jpg'}")
+            (tmp_path / "empty.png").write_bytes(b"")
+            bad = [tmp_path / "notes.jpg", tmp_path / "empty.png", photos / "case1.jpg"]
+            find(By.ID, "file-input").send_keys("\n".join(map(str, bad)))
             _wait(driver, lambda d: find(By.ID, "detail").get_attribute("data-name") == "case1.jpg")
+            driver.execute_script(
+                "document.getElementById('drop').dispatchEvent("
+                "new DragEvent('drop', {dataTransfer: new DataTransfer(), bubbles: true, cancelable: true}))"
+            )
             messages = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#messages li")]
             assert any("notes.jpg is not an image" in m for m in messages), messages
+            assert any("empty.png is empty" in m for m in messages), messages
+            assert any("Nothing to analyse" in m for m in messages), messages
             assert find(By.ID, "area-px").get_attribute("data-value") == rows["case1"]["area_px"]
             # gallery: sorted by area, click opens one
             find(By.ID, "gallery-tab").click()

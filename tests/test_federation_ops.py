@@ -599,3 +599,21 @@ def test_certs_and_settings_files_run_a_tls_and_node_auth_federation(tmp_path):
     assert RunConfig.load(run_dir / "config.toml").image_size == 32
     assert "Traceback" not in serve_log + node_log
     assert os.path.isfile(run_dir / "state" / "checkpoint.pt")
+
+
+def test_auto_resume_leaves_a_finished_run_alone(tmp_path):
+    """What a service manager restarting `samfed serve` needs: a finished run exits 0 at once."""
+    from samfed.commands.federation import _finished
+
+    out = tmp_path / "run"
+    (out / "federation").mkdir(parents=True)
+    status = out / "federation" / "status.json"
+    for text in ("", "[1, 2]", '{"state": "running"}'):
+        status.write_text(text)
+        assert not _finished(out)
+    status.write_text('{"state": "finished", "val_dice": 0.5}')
+    (tmp_path / "data").mkdir()
+    base = ["serve", "--out", str(out), "--data", str(tmp_path / "data"), "--insecure", "--host", "127.0.0.1"]
+    res = _cli(*base, "--port", str(fp.free_port()), "--auto-resume")
+    assert res.returncode == 0 and "has finished; nothing to do" in res.stdout, res.stderr
+    assert sorted(p.name for p in out.rglob("*")) == ["federation", "status.json"]  # nothing written

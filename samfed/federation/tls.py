@@ -485,13 +485,14 @@ def main(argv: list[str] | None = None) -> None:
         "--host", action="append", default=[], help="host name or IP nodes use to reach the server"
     )
     ap.add_argument("--node-key", action="append", default=[], help="write a node key pair with this name")
+    ap.add_argument("--force", action="store_true", help="replace files that exist")
     args = ap.parse_args(argv)
     try:
         if args.host or not args.node_key:
-            files = make_certificates(args.folder, [*LOOPBACK_HOSTS, *args.host])
+            files = make_certificates(args.folder, [*LOOPBACK_HOSTS, *args.host], overwrite=args.force)
             print(f"CA {files.ca_cert} (give it to every node); server cert {files.server_cert}")
         for name in args.node_key:
-            key = make_node_key(args.folder, name)
+            key = make_node_key(args.folder, name, overwrite=args.force)
             print(f"node key {key.private_key} (stays on the node); {key.public_key} goes to the server")
     except SamfedError as exc:
         raise SystemExit(f"error: {exc}") from None

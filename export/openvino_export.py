@@ -1,6 +1,7 @@
 """ONNX -> OpenVINO IR FP32 (`ov.convert_model`) and IR INT8 (NNCF post-training quantisation).
 
-Each backend is quantised with its own tool: NNCF's output is for OpenVINO only (STACK-NOTES).
+Each backend is quantised with its own tool: NNCF's output is for OpenVINO only (ONNX Runtime
+runs NNCF-quantised ONNX slower than its own QDQ quantisation).
 IRs are saved without FP16 weight compression so the FP32 IR really is FP32.
 """
 

@@ -1,7 +1,7 @@
 """FP32 ONNX -> INT8 ONNX for ONNX Runtime: `quant_pre_process`, then static QDQ quantisation.
 
 Per-channel weights (QInt8) and unsigned activations (QUInt8): signed activations leave depthwise
-convs in float and run slower than FP32 (STACK-NOTES). Calibration is MinMax over preprocessed
+convs in float and run slower than FP32. Calibration is MinMax over preprocessed
 in-distribution images.
 """
 

@@ -1,7 +1,7 @@
 """Segmentation metrics on binary masks: Dice, IoU, HD95 per image, and their summary.
 
 Torch-free (numpy + scipy). Inputs are (H, W) boolean arrays (anything castable to bool), the
-prediction first. Empty-mask conventions (METHOD.md), the same for all callers:
+prediction first. Empty-mask conventions, the same for all callers:
 
 =====================  ======  =====  ==========================================
 case                   Dice    IoU    HD95

@@ -4,31 +4,25 @@ All inputs are probabilities of the foreground class, shape (B, 1, H, W), values
 gradient. Confidence of a map p is k = max(p, 1 - p); its hard label is [p > 0.5]. Every rule
 returns `(label, weight)`, both (B, 1, H, W) float32, label in {0, 1}, weight in [0, 1].
 
-Variants (``AGREEMENTS``):
+Variants (``AGREEMENTS``; docs/method.md gives the measurements that chose the default):
 
 - ``teacher``: the teacher's hard label everywhere, weight 1 (no agreement; `sam-only`).
-- ``naive``: METHOD.md's literal rule: teacher and local agree -> that label, weight 1; they
-  disagree -> the more confident source's label, weight |k_T - k_L|. Kept because it is the rule
-  that measured *below* plain teacher labels (0.785 vs 0.81 Dice on Kvasir).
+- ``naive``: teacher and local agree -> that label, weight 1; they disagree -> the more confident
+  source's label, weight |k_T - k_L|.
 - ``ignore``: teacher label where teacher and local agree (weight 1), weight 0 where they disagree.
 - ``vote``: majority of the hard labels of teacher, global and local; weight = the vote margin
   (1 when unanimous, 1/3 for two against one).
 - ``anneal``: on disagreement the student's say is its confidence scaled by the ramp r(t) in [0, 1]
-  (0 in the first round, 1 after the ramp): e = r * k_L; label = student where e > k_T, else the
+  (about 0 at the start of round 1, 1 after the ramp): e = r * k_L; label = student where e > k_T, else the
   teacher; weight = |e - k_T| / max(e, k_T). With r = 0 this IS the teacher-only rule.
 - ``weighted``: ``anneal`` plus two guards against the student's confident mistakes:
   the local student only speaks where the global model agrees with it (the global model vetoes),
   its confidence is the smaller of the two, k_S = min(k_L, k_G), and it must reach ``tau``. With a
   weak student (global model disagrees, low confidence, early rounds) the rule falls back to
-  plain teacher labels, so it cannot be worse than the teacher-only rule by construction of the
-  label: the student can only overturn the teacher where two students confidently agree.
-- ``override`` (default): the labels of ``weighted`` with weight 1 everywhere. On Kvasir the
-  ``weighted`` labels are more accurate than the teacher's, yet students trained on them ended
-  lower: the down-weighted disagreement pixels (mostly lesion borders) carry signal. Full weight
-  scored 0.4-1.3 Dice points above ``weighted`` in every comparison run (CPU, 4-8 rounds). With
-  teacher-gated KD its labels beat the teacher's by 2-3 Dice points per image late in training,
-  and the global model beat plain teacher labels at 32 rounds (0.740 vs 0.724, 3 seeds, 128 px);
-  teacher labels with the same KD tie it (0.741): the better labels have not yet paid by then.
+  plain teacher labels: the student can only overturn the teacher where two students confidently
+  agree.
+- ``override`` (the RunConfig default): the labels of ``weighted`` with weight 1 everywhere, so
+  the disagreement pixels (mostly lesion borders) keep their full weight in the loss.
 """
 
 from __future__ import annotations
@@ -61,7 +55,7 @@ def _student_override(
 def agreement(
     s: torch.Tensor,
     g: torch.Tensor | None,
-    l: torch.Tensor,  # noqa: E741 - METHOD.md notation
+    l: torch.Tensor,  # noqa: E741 - the notation of docs/method.md
     variant: str = "weighted",
     ramp: float = 1.0,
     tau: float = 0.8,

@@ -2,7 +2,7 @@
 
 Each step mixes a batch of labeled D_p images and a batch of the client's unlabeled images:
 
-    L = L_sup(D_p) + lambda_sam(t) * L_sam + lambda_kd(t) * L_kd          (METHOD.md, "Client round")
+    L = L_sup(D_p) + lambda_sam(t) * L_sam + lambda_kd(t) * L_kd    (docs/method.md, "The client round")
 
 - weak augmentation (same geometry) on images, teacher maps and masks; strong colour jitter on the
   student's unlabeled input;

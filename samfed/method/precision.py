@@ -1,9 +1,9 @@
 """Training speed: bfloat16 autocast with channels-last tensors (opt-in, ``precision = "bf16"``).
 
-On CPUs with AMX/AVX-512-BF16 this makes a training step of the students 2.6-3x faster (unet-s,
-resunet-lite at 128 px, batch 8, 1 thread; mobile-unet 1.4x). Weights, optimiser state, losses and
-returned state dicts stay float32 and contiguous; only the convolutions run in bfloat16. The result
-is deterministic on one machine, but not bit-identical to ``"fp32"``.
+Meant for CPUs with AMX/AVX-512-BF16 and for GPUs (docs/method.md has the measured speed-up).
+Weights, optimiser state, losses and returned state dicts stay float32 and contiguous; only the
+convolutions run in bfloat16. The result is deterministic on one machine, but not bit-identical to
+``"fp32"``.
 """
 
 from __future__ import annotations

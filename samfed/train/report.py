@@ -249,7 +249,8 @@ def write_report(run_root: Path, summary: dict, records: list[dict], plots: list
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:64em;margin:2em auto;padding:0 1em;color:#222;"
     "line-height:1.45}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
-    "padding:3px 9px;text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+    "padding:3px 9px;text-align:right;white-space:nowrap}th{background:#f3f3f3}"
+    "td:first-child,th:first-child{text-align:left}"
     "img{max-width:100%}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-space:pre-wrap}"
     "code{font-size:.92em}"
 )

@@ -47,7 +47,7 @@ CLIENT_HEADER = "x-samfed-viewer"
 MAX_NAME = 200  # characters of an upload's file name kept for messages
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = [

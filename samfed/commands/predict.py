@@ -7,6 +7,16 @@ from typing import Annotated
 
 import typer
 
+# `--trusted-key`, shared by every verb that loads an export (predict, view)
+TrustedKeys = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trusted-key",
+        help="Accept only an export signed by this key: its fingerprint (SHA256:...) or public key "
+        "file (the exporter's signing_key.pub). Repeatable.",
+    ),
+]
+
 
 def predict(
     model: Annotated[
@@ -40,14 +50,7 @@ def predict(
             "--resume", help="Finish an interrupted predict run in --out, skipping finished images."
         ),
     ] = False,
-    trusted_key: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--trusted-key",
-            help="Accept only an export signed by this key: its fingerprint (SHA256:...) or public key "
-            "file (the exporter's signing_key.pub). Repeatable.",
-        ),
-    ] = None,
+    trusted_key: TrustedKeys = None,
 ) -> None:
     """Segment images with an exported model (torch-free): masks, overlays, CSV.
 

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from samfed.commands.predict import TrustedKeys
 from samfed.errors import SamfedError
 
 LOOPBACK_HOSTNAMES = ("localhost",)
@@ -80,14 +81,7 @@ def view(
     max_upload_mb: Annotated[
         float, typer.Option("--max-upload-mb", help="Largest accepted upload in MB.")
     ] = 32.0,
-    trusted_key: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--trusted-key",
-            help="Accept only an export signed by this key: its fingerprint (SHA256:...) or public key "
-            "file (the exporter's signing_key.pub). Repeatable.",
-        ),
-    ] = None,
+    trusted_key: TrustedKeys = None,
 ) -> None:
     """Open a local web viewer: drop images, see the predicted lesion, browse a predict folder.
 

@@ -167,7 +167,7 @@ def test_server_and_node_files_round_trip_and_flags_override(tmp_path):
     n = sc.resolve(sc.NODE, {"threads": 3, "name": "hospital-b"}, sc.load_node_file(node_path))
     assert (n.superlink, n.client_id, n.threads, n.name) == ("server.example.org:9092", 1, 3, "hospital-b")
     assert n.data == tmp_path / "data" and n.connect_timeout == sc.NODE["connect_timeout"].default
-    assert n.teacher_backend == "onnxruntime"
+    assert n.teacher_backend == "auto"
 
 
 def _write(tmp_path: Path, text: str, name: str = "server.toml") -> Path:

@@ -289,7 +289,7 @@ def test_finetune_lora_then_export_agrees_with_torch(base, tmp_path):
     assert loaded.hash == t.hash
     test_img = lesion(8, 72, 96)[0]
     manifest = export_teacher(loaded, tmp_path / "onnx", parity_images=[test_img], openvino=False)
-    assert manifest["parity"]["onnxruntime"]["dice_min"] >= 0.99
+    assert manifest["variants"]["onnx-fp32"]["parity"]["dice_min"] >= 0.99
     # both decoder graphs (box and prompt-free) on the same embeddings as torch
     rt = OnnxTeacher(tmp_path / "onnx")
     x = torch.from_numpy(to_input(test_img, loaded.input))[None]

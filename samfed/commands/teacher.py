@@ -130,58 +130,146 @@ def export(
     teacher_name: str = typer.Argument(
         "litemedsam", metavar="DIR_OR_NAME", help="A fine-tuned teacher folder or a backbone name."
     ),
-    out: Path = typer.Option(..., "--out", help="Folder for the ONNX graphs and teacher_onnx.json."),
+    out: Path = typer.Option(..., "--out", help="Folder for the exported variants and teacher_onnx.json."),
     checkpoint: Path | None = typer.Option(None, help="Base weights file (sam-vit-*)."),
     prompt: Prompt | None = typer.Option(
         None, help="Prompt mode recorded for the runtime (default: teacher's)."
     ),
     data: Path | None = typer.Option(
-        None, help="Dataset folder whose first images check parity (default: synthetic polyp images)."
+        None,
+        help="Labeled dataset for INT8 calibration and parity (default: the data the teacher was "
+        "fine-tuned on, else synthetic polyp images).",
     ),
-    parity_images: int = typer.Option(4, min=1, help="Images for the torch vs runtime parity check."),
-    openvino: bool = typer.Option(True, help="Also check parity and speed with OpenVINO."),
-    threads: int | None = typer.Option(None, help="torch CPU threads."),
+    split: Path | None = typer.Option(
+        None, help="split.json: calibrate on its server_labeled ids, check parity on its val ids."
+    ),
+    calib_images: int = typer.Option(32, min=1, help="Labeled images calibrating the INT8 variant."),
+    parity_images: int = typer.Option(16, min=1, help="Images for the torch vs variant parity check."),
+    openvino: bool = typer.Option(True, help="Also the OpenVINO variants (FP32, bf16, INT8)."),
+    int8: bool = typer.Option(True, help="Also the OpenVINO INT8 variant (NNCF)."),
+    latency_iters: int = typer.Option(3, min=1, help="Interleaved timing rounds per variant."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads (torch and the runtimes)."),
 ) -> None:
-    """Export the (LoRA-merged) teacher to ONNX and report parity with torch (Dice of masks)."""
+    """Export the (LoRA-merged) teacher in every variant, check each against torch, recommend one."""
     from rich.console import Console
-    from rich.table import Table
 
     from samfed.teacher import export_teacher, load_teacher
+    from samfed.teacher.export import check_out_dir
 
     console = Console()
+    check_out_dir(out)
     _threads(threads)
     teacher = load_teacher(teacher_name, checkpoint, None if prompt is None else prompt.value)
-    images = _parity_images(data, parity_images)
-    manifest = export_teacher(teacher, out, parity_images=images, openvino=openvino)
-    parity = manifest["parity"]
-    table = Table(title=f"Teacher export parity ({parity['images']} images, prompt {teacher.prompt})")
-    for col in ("runtime", "mask Dice mean", "mask Dice min", "max |dp|", "s / image"):
-        table.add_column(col, justify="right")
-    table.add_row("torch", "-", "-", "-", f"{parity['torch_s_per_image']:.2f}")
-    for rt in ("onnxruntime", "openvino"):
-        if rt in parity:
-            r = parity[rt]
-            table.add_row(
-                rt, f"{r['dice_mean']:.4f}", f"{r['dice_min']:.4f}", f"{r['max_abs_prob_diff']:.1e}",
-                f"{r['s_per_image']:.2f}",
-            )  # fmt: skip
-    console.print(table)
-    bad = [rt for rt in ("onnxruntime", "openvino") if rt in parity and parity[rt]["dice_min"] < 0.99]
-    if bad:
-        console.print(f"[bold yellow]warning:[/] {', '.join(bad)} masks differ from torch (Dice < 0.99).")
+    sets, source = export_images(teacher, data, split, calib_images, parity_images)
+    console.print(f"calibration: {len(sets.calib)} images, parity: {len(sets.parity)} images ({source})")
+    manifest = export_teacher(
+        teacher, out, parity_images=sets.parity, openvino=openvino, calib_images=sets.calib, int8=int8,
+        parity_masks=sets.masks, threads=threads, latency_iters=latency_iters, log=console.print,
+    )  # fmt: skip
+    console.print(parity_table(manifest))
+    for note in manifest.get("warnings", []):
+        console.print(f"[bold yellow]warning:[/] {note}")
+    rec = manifest.get("recommended")
+    if rec:
+        console.print(f"recommended: [bold]{rec}[/] ({manifest['recommendation_reason']})")
+    else:
+        console.print(
+            f"[bold yellow]warning:[/] no variant recommended: {manifest['recommendation_reason']}."
+        )
     console.print(f"[green]exported[/] {out}")
 
 
-def _parity_images(data: Path | None, n: int) -> list:
-    if data is None:
-        from samfed.data.synth import generate
+def parity_table(manifest: dict):
+    """A rich table: per variant its agreement with torch, Dice vs ground truth and speed."""
+    from rich.table import Table
 
-        return [generate("polyp", seed=0, index=i, size=256)[0] for i in range(n)]
-    from samfed.data.io import read_image
+    parity = manifest["parity"]
+    torch_s = parity["torch"]["s_per_image"]
+    table = Table(title=f"Teacher variants vs torch ({parity['images']} images, prompt {parity['prompt']})")
+    for col in (
+        "variant",
+        "mask Dice mean",
+        "mask Dice min",
+        "max |dp|",
+        "Dice vs GT",
+        "s / image",
+        "speed-up",
+    ):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    gt = parity.get("dice_vs_gt")
+    table.add_row("torch-fp32", "-", "-", "-", "-" if gt is None else f"{gt:.4f}", f"{torch_s:.3f}", "1.0x")
+    for key, v in manifest["variants"].items():
+        p = v.get("parity")
+        if p is None:
+            continue
+        mark = " *" if key == manifest.get("recommended") else ""
+        table.add_row(
+            key + mark, f"{p['dice_mean']:.4f}", f"{p['dice_min']:.4f}", f"{p['max_abs_prob_diff']:.1e}",
+            "-" if p.get("dice_vs_gt") is None else f"{p['dice_vs_gt']:.4f}", f"{v['s_per_image']:.3f}",
+            f"{torch_s / v['s_per_image']:.1f}x",
+        )  # fmt: skip
+    return table
+
+
+def export_images(teacher, data: Path | None, split: Path | None, n_calib: int, n_parity: int) -> tuple:
+    """(`samfed.teacher.export.LabeledImages`, where they come from): --split's server_labeled / val
+    ids of --data; else the ids the teacher was fine-tuned / early-stopped on (its fine-tune
+    record); else the first images of --data; else synthetic polyp images."""
     from samfed.data.readers import load_dataset
 
-    samples = load_dataset(data).samples[:n]
-    return [read_image(s.image) for s in samples]
+    ft = teacher.config.finetune or {}
+    if data is None and split is None and ft.get("train_ids") and Path(str(ft.get("data"))).is_dir():
+        data = Path(ft["data"])
+    if data is None:
+        if split is not None:
+            raise SamfedError("--split needs --data (the dataset folder the split refers to).")
+        return _synthetic_images(n_calib, n_parity)
+    dataset = load_dataset(data)
+    if split is not None:
+        from samfed.data.partition import Split
+
+        s = Split.load(split)
+        s.validate(dataset)
+        calib_ids, parity_ids, source = s.server_labeled, s.val, f"{split}: server_labeled / val"
+    elif ft.get("train_ids") and Path(str(ft.get("data"))).resolve() == data.resolve():
+        calib_ids, parity_ids = list(ft["train_ids"]), list(ft.get("val_ids") or ft["train_ids"])
+        source = f"{data}: the teacher's fine-tuning / early-stopping ids"
+    else:
+        ids = dataset.ids
+        calib_ids, parity_ids = ids[:n_calib], ids[n_calib : n_calib + n_parity] or ids[:n_parity]
+        source = f"{data}: first images"
+    if not calib_ids or not parity_ids:
+        raise SamfedError(f"No images to calibrate and check the export with in {data}.")
+    from samfed.teacher.export import LabeledImages
+
+    calib, _ = _load(dataset, calib_ids[:n_calib], teacher.input)
+    parity, masks = _load(dataset, parity_ids[:n_parity], teacher.input)
+    return LabeledImages(calib, parity, masks), source
+
+
+def _load(dataset, ids: list[str], spec) -> tuple[list, list | None]:
+    """Images (and masks, when every sample has one) of `ids`, as the teacher sees them."""
+    from samfed.teacher.data import load_pairs
+
+    if all(s.mask is not None for s in dataset.select(ids)):
+        return load_pairs(dataset, ids, spec)
+    from samfed.data.io import read_image
+    from samfed.preprocess import resize_image
+
+    images = [read_image(s.image) for s in dataset.select(ids)]
+    if spec.convention == "stretch-unit":
+        images = [resize_image(im, spec.size) for im in images]
+    return images, None
+
+
+def _synthetic_images(n_calib: int, n_parity: int):
+    from samfed.data.synth import generate
+    from samfed.teacher.export import LabeledImages
+
+    pairs = [generate("polyp", seed=0, index=i, size=256) for i in range(n_calib + n_parity)]
+    images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
+    sets = LabeledImages(images[:n_calib], images[n_calib:], masks[n_calib:])
+    return sets, "synthetic polyp images (no --data)"
 
 
 @app.command()

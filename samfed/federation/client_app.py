@@ -10,7 +10,9 @@ Node settings come from `flower-supernode --node-config` (what `samfed node` wri
     work-dir      node cache and report folder (default ~/.cache/samfed/node-<partition-id>)
     threads       thread cap for torch / ONNX Runtime (default: all cores)
     memory-mb     training memory budget (default: half of the memory available at round start)
-    teacher-backend  onnxruntime | openvino, for an exported teacher (default onnxruntime)
+    teacher-backend  variant of an exported teacher: auto (default: the export's recommendation, the
+                     fastest variant matching the torch teacher) | onnx-fp32 | openvino-fp32 |
+                     openvino-bf16 | openvino-int8 (onnxruntime / openvino: their FP32 variants)
     teacher-cache    folder of the per-image teacher-map cache (default work-dir/cache)
     teacher-checkpoint  base SAM weights file, only for a torch sam-vit-* teacher
 
@@ -60,7 +62,7 @@ class NodeSettings:
     split: Path | None = None
     threads: int | None = None
     memory_mb: float | None = None
-    teacher_backend: str = "onnxruntime"
+    teacher_backend: str = "auto"
     teacher_cache_dir: Path | None = None
     teacher_checkpoint: str | None = None
 
@@ -87,7 +89,7 @@ class NodeSettings:
             split=Path(str(cfg["split"])).expanduser() if cfg.get("split") else None,
             threads=threads,
             memory_mb=float(cfg["memory-mb"]) if cfg.get("memory-mb") else None,
-            teacher_backend=str(cfg.get("teacher-backend") or "onnxruntime"),
+            teacher_backend=str(cfg.get("teacher-backend") or "auto"),
             teacher_cache_dir=Path(str(cfg["teacher-cache"])).expanduser()
             if cfg.get("teacher-cache")
             else None,
@@ -216,7 +218,8 @@ class CachedMapsTeacher:
 
 
 def load_node_teacher(node: NodeSettings, spec: dict[str, Any], threads: int | None):
-    """The teacher the server shipped at setup: an exported ONNX folder or a saved torch teacher."""
+    """The teacher the server shipped at setup: an exported folder (run in the variant
+    node.teacher_backend names; auto: the one the export recommends) or a saved torch teacher."""
     kind, ref = str(spec["teacher-kind"]), str(spec["teacher-ref"])
     folder = asset_dir(node, ref, "teacher-ref")
     if not has_asset(node, ref, "teacher-ref"):
@@ -228,7 +231,7 @@ def load_node_teacher(node: NodeSettings, spec: dict[str, Any], threads: int | N
     if kind == "onnx":
         from edge.teacher_runtime import OnnxTeacher
 
-        return OnnxTeacher(folder, backend=node.teacher_backend, threads=threads)
+        return OnnxTeacher(folder, variant=node.teacher_backend, threads=threads)
     raise SamfedError(f"Unknown teacher kind {kind!r} from the server.")
 
 

@@ -71,7 +71,15 @@ def _round_default(name: str) -> Any:
 
 
 TEACHER_RUNTIMES = ("onnx", "torch")
-TEACHER_BACKENDS = ("onnxruntime", "openvino")
+TEACHER_BACKENDS = (
+    "auto",
+    "onnx-fp32",
+    "openvino-fp32",
+    "openvino-bf16",
+    "openvino-int8",
+    "onnxruntime",
+    "openvino",
+)  # edge.teacher_runtime.CHOICES
 
 # `nodes` is ServerOptions.num_nodes; every other round setting has ServerOptions' name
 ROUND_SETTINGS = {
@@ -266,8 +274,9 @@ NODE = _table(
     Setting(
         "teacher_backend",
         str,
-        "onnxruntime",
-        "Runtime of an exported teacher: onnxruntime or openvino.",
+        "auto",
+        "Variant of an exported teacher: auto (the export's recommendation), onnx-fp32, openvino-fp32, "
+        "openvino-bf16 or openvino-int8 (onnxruntime / openvino: their FP32 variants).",
         Rule(choices=TEACHER_BACKENDS),
     ),
     Setting(

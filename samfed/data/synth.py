@@ -3,11 +3,14 @@
 Each image comes from its own generator seeded by ``(seed, index)``, so image ``i`` is the same
 whatever ``n`` is. Only numpy and PIL (works on the light install); 10-20 ms of CPU per 256 px image.
 
-Difficulty is deliberate: lesion area spans ~0.5 % to ~50 % of the image, some lesions have low
-contrast and blurred borders, and there are distractors (freckles and hair on skin; folds, vessels,
-specular highlights, a black scope border and an inset box on polyp images). Polyp images come
-from three simulated endoscopes with different resolutions and colour tones, so the image-size
-partition (`samfed data split --partition size`) separates devices as in Kvasir-SEG.
+Polyps look like what SAM-family models segment: one compact raised dome (3-40 % of the image),
+lit from one side, with a shadow at its base, pit texture and specular highlights, on a wall with
+haustral folds, faint vessels, wet highlights and flat reddened or pale patches (distractors that
+colour alone cannot tell from a polyp; some polyps have the wall's colour and differ only in
+relief). Images are mildly blurred. They come from three simulated endoscopes with different
+resolutions and colour tones, so the image-size partition (`samfed data split --partition size`)
+separates devices as in Kvasir-SEG. Skin lesions span ~1 % to ~50 % of the image, some with low
+contrast and blurred borders, among freckles and hair.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from samfed.errors import SamfedError
 from samfed.train.run_dir import atomic_write_text
 
 DOMAINS = ("skin", "polyp")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MAX_N = 100_000
+POLYP_AREA = (0.03, 0.4)  # log-uniform range of the polyp's share of the image
 MAX_SIZE = 2048  # a 2048 px polyp image (3072x2560 px) needs about 1 GB while it is drawn
 
 
@@ -42,8 +46,8 @@ class Endoscope:
 
 ENDOSCOPES = (
     Endoscope("A", (1.17, 1.0), 0.5, (1.0, 1.0, 1.0), 0.0),
-    Endoscope("B", (1.0, 1.0), 0.3, (1.04, 0.93, 0.95), 0.6),
-    Endoscope("C", (1.5, 1.25), 0.2, (0.95, 1.02, 1.06), 0.2),
+    Endoscope("B", (1.0, 1.0), 0.3, (1.08, 0.9, 0.86), 0.6),
+    Endoscope("C", (1.5, 1.25), 0.2, (0.9, 0.99, 1.1), 0.2),
 )
 
 
@@ -71,8 +75,10 @@ def _noise(rng: np.random.Generator, h: int, w: int, scale: float, octaves: int 
     return out
 
 
-def _blob(rng, h, w, cy, cx, r, irregular, lobes) -> np.ndarray:
+def _blob(rng, h, w, cy, cx, r, irregular, lobes, spread: float = 0.55) -> np.ndarray:
     """Normalised radius field q (q < 1 inside) of an irregular multi-lobed blob of radius ~r; (h, w).
+
+    Lobes after the first are offset by ~`spread` * r from the centre.
 
     q is smooth, so it is computed on a half-resolution grid and upsampled bilinearly (4x faster).
     """
@@ -83,7 +89,7 @@ def _blob(rng, h, w, cy, cx, r, irregular, lobes) -> np.ndarray:
     q = np.full((hh, ww), np.inf, np.float32)
     for j in range(lobes):
         rj = r if j == 0 else r * rng.uniform(0.45, 0.8)
-        oy, ox = (0.0, 0.0) if j == 0 else rng.normal(0, 0.55 * r, 2)
+        oy, ox = (0.0, 0.0) if j == 0 else rng.normal(0, spread * r, 2)
         ang, ecc = rng.uniform(0, math.pi), math.sqrt(rng.uniform(1.0, 1.8))
         dy, dx = ys - np.float32(cy + oy), xs - np.float32(cx + ox)
         u = (dx * math.cos(ang) + dy * math.sin(ang)) / ecc
@@ -177,53 +183,127 @@ def skin(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndar
     return _finish(rng, img, 2.5), mask
 
 
+def _polyp_radius(rng, h, w) -> float:
+    """Radius for a log-uniform polyp area fraction in [POLYP_AREA]."""
+    return _lesion_radius(rng, h, w, *POLYP_AREA)
+
+
+def _mucosa(rng, h, w, s, tone) -> tuple[np.ndarray, np.ndarray]:
+    """Lit colon wall (h, w, 3): colour, illumination falloff, broad folds, fine texture; and the
+    (h, w) alpha of its faint vessels."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = rng.uniform(0, 1, 2)  # wall colour between pale pink, deep red and orange
+    base = _rgb(222, 142, 128) * (1 - t[0]) + _rgb(186, 72, 58) * t[0]
+    base = base * (1 - 0.4 * t[1]) + _rgb(212, 128, 72) * 0.4 * t[1]
+    base = base * rng.uniform(0.92, 1.06, 3).astype(np.float32) * tone
+    ly, lx = h * rng.uniform(0.35, 0.65), w * rng.uniform(0.35, 0.65)
+    d = np.hypot((yy - ly) / h, (xx - lx) / w)
+    light = 1.12 - rng.uniform(0.5, 0.9) * d**1.5
+    light *= 1 + 0.06 * _noise(rng, h, w, 70 * s, 2)
+    # haustral folds: partial arcs around the (off-centre) lumen, a soft shadow with a lit inner shoulder
+    rho = np.hypot(yy - h * rng.uniform(-0.3, 1.3), xx - w * rng.uniform(-0.3, 1.3))
+    for _ in range(int(rng.integers(1, 4))):
+        rad, width = rng.uniform(0.2, 1.2) * max(h, w), rng.uniform(4, 10) * s
+        fade = np.clip(0.5 + 0.8 * _noise(rng, h, w, 60 * s), 0, 1)
+        light *= 1 - rng.uniform(0.1, 0.25) * fade * np.exp(-(((rho - rad) / width) ** 2))
+        light *= 1 + rng.uniform(0.04, 0.1) * fade * np.exp(-(((rho - rad + 1.5 * width) / width) ** 2))
+    light *= (1 + 0.035 * _noise(rng, h, w, 4 * s)) * (1 + 0.02 * _noise(rng, h, w, 1.5 * s))
+    img = base * light[..., None]
+    vessels = Image.new("L", (w, h), 0)  # faint branching vessels: random walks, blurred
+    draw = ImageDraw.Draw(vessels)
+    for _ in range(int(rng.integers(1, 8))):
+        p = rng.uniform(0, 1, 2) * (w, h)
+        ang = rng.uniform(0, 2 * math.pi)
+        pts = [tuple(p)]
+        for _ in range(int(rng.integers(4, 12))):
+            ang += rng.normal(0, 0.2)
+            p = p + 8 * s * np.array([math.cos(ang), math.sin(ang)])
+            pts.append(tuple(p))
+        draw.line(pts, fill=int(rng.uniform(80, 200)), width=max(1, round(rng.uniform(0.8, 1.6) * s)))
+    va = np.asarray(vessels.filter(ImageFilter.GaussianBlur(0.7 * s)), np.float32) / 255 * 0.12
+    return img, va
+
+
+def _dome(rng, h, w, s) -> tuple[np.ndarray, np.ndarray, float]:
+    """A polyp: normalised radius field q (q < 1 inside), shading factor and radius r."""
+    r = _polyp_radius(rng, h, w)
+    m = min(r + 0.06 * min(h, w), 0.5 * min(h, w))  # keep the polyp inside the scope's view
+    cy, cx = rng.uniform(m, h - m), rng.uniform(m, w - m)
+    lobes = 2 if rng.uniform() < 0.25 else 1
+    q0 = _blob(rng, h, w, cy, cx, r, rng.uniform(0.05, 0.3), lobes, spread=0.3)
+    q = q0 + rng.uniform(0.3, 1.0) * s / r * _noise(rng, h, w, 6 * s)
+    height = np.sqrt(np.clip(1 - q0**2, 0, 1))
+    gy, gx = np.gradient(height)
+    la = rng.uniform(0, 2 * math.pi)
+    shade = np.clip((gx * math.cos(la) + gy * math.sin(la)) * r * rng.uniform(0.5, 0.8), -0.5, 0.5)
+    return q, (1 + shade + 0.15 * height).astype(np.float32), r
+
+
+def _specular(rng, h, w, s, spots: list[tuple[float, float, float]]) -> np.ndarray:
+    """(h, w) alpha of specular highlights: (y, x, radius) spots, blurred."""
+    spec = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(spec)
+    for y, x, rad in spots:
+        ry, rx = rad * rng.uniform(0.5, 1.5, 2)
+        draw.ellipse((x - rx, y - ry, x + rx, y + ry), fill=int(rng.uniform(190, 255)))
+    return np.asarray(spec.filter(ImageFilter.GaussianBlur(0.7 * s)), np.float32) / 255
+
+
+def _polyp_tint(rng) -> np.ndarray:
+    """Per-channel colour factor of a polyp against its wall: redder, paler, or nearly the same (then
+    only its relief, rim and highlights set it apart)."""
+    kind = rng.uniform()
+    if kind < 0.5:
+        c = rng.uniform(0.03, 0.3)
+        return _rgb(1.0 + 0.25 * c, 1.0 - c, 1.0 - 0.8 * c)
+    if kind < 0.75:
+        c = rng.uniform(0.05, 0.25)
+        return _rgb(1.0 + 0.1 * c, 1.0 + 0.5 * c, 1.0 + 0.6 * c)
+    return (1 + rng.uniform(-0.06, 0.06, 3)).astype(np.float32)
+
+
+def _patches(rng, img, h, w, s) -> None:
+    """Flat reddened or pale patches of the wall with diffuse borders (distractors), in place."""
+    for _ in range(int(rng.integers(0, 4))):
+        r = _lesion_radius(rng, h, w, 0.01, 0.1)
+        q = _blob(rng, h, w, rng.uniform(0, h), rng.uniform(0, w), r, rng.uniform(0.2, 0.8), 2)
+        a = (_soft(q, r, rng.uniform(4, 10) * s) * rng.uniform(0.5, 1.0))[..., None]
+        c = rng.uniform(0.1, 0.3)
+        tint = (
+            _rgb(1 + 0.2 * c, 1 - c, 1 - 0.8 * c)
+            if rng.uniform() < 0.7
+            else _rgb(1, 1 + 0.4 * c, 1 + 0.5 * c)
+        )
+        img *= 1 - a + a * tint
+
+
 def polyp(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """One endoscopy-like image (H, W, 3) uint8 and (H, W) bool polyp mask; H, W depend on the scope."""
     scope = ENDOSCOPES[rng.choice(len(ENDOSCOPES), p=[e.prob for e in ENDOSCOPES])]
     w, h = _even(scope.aspect[0] * size, scope.aspect[1] * size)
     s = size / 256
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = _rgb(205, 105, 95) * rng.uniform(0.85, 1.1, 3).astype(np.float32) * _rgb(*scope.tone)
-    ly, lx = h * rng.uniform(0.3, 0.7), w * rng.uniform(0.3, 0.7)
-    light = 1.15 - rng.uniform(0.4, 0.8) * (np.hypot(yy - ly, xx - lx) / math.hypot(h, w)) ** 1.2
-    light *= 1 + 0.1 * _noise(rng, h, w, 80 * s, 2)
-    folds = _noise(rng, h, w, 60 * s, 2)  # mucosal folds: broad darker bands with a lit shoulder
-    light *= 1 - np.exp(-(((folds - 0.3) / 0.4) ** 2)) * rng.uniform(0.1, 0.35)
-    light += 0.08 * np.exp(-(((folds + 0.2) / 0.3) ** 2))
-    vessels = np.exp(-((_noise(rng, h, w, 14 * s, 2) / 0.07) ** 2)) * rng.uniform(0.1, 0.4)
-    light *= 1 + 0.03 * _noise(rng, h, w, 3 * s)
-    img = (base - vessels[..., None] * (base * _rgb(0.35, 0.75, 0.6))) * light[..., None]
-
-    r = _lesion_radius(rng, h, w, 0.005, 0.35)
-    cy, cx = h * rng.uniform(0.2, 0.8), w * rng.uniform(0.2, 0.8)
-    q0 = _blob(rng, h, w, cy, cx, r, rng.uniform(0.1, 0.7), int(rng.integers(1, 3)))
-    q = q0 + rng.uniform(0.5, 2.5) * s / r * _noise(rng, h, w, 8 * s)
+    img, vessels = _mucosa(rng, h, w, s, _rgb(*scope.tone))
+    _patches(rng, img, h, w, s)
+    q, shade, r = _dome(rng, h, w, s)
     mask = q < 1
-    gy, gx = np.gradient(np.sqrt(np.clip(1 - q0, 0, 1)))  # a dome lit from one side
-    la = rng.uniform(0, 2 * math.pi)
-    shading = 1 + np.clip((gx * math.cos(la) + gy * math.sin(la)) * r * 0.5, -0.35, 0.35)
-    contrast = rng.uniform(0.03, 0.12) if rng.uniform() < 0.3 else rng.uniform(0.12, 0.35)
-    tint = _rgb(1.0 + contrast * 0.3, 1.0 - contrast, 1.0 - contrast) * np.float32(rng.uniform(0.95, 1.15))
-    pit = 1 + 0.05 * _noise(rng, h, w, 4 * s)
-    alpha = _soft(q, r, rng.uniform(0.8, 4.0) * s)
-    rim = np.exp(-(((q - 1.1) / 0.08) ** 2)) * np.float32(rng.uniform(0.0, 0.3))  # shadow at the base
-    # img * (1 - rim) * (1 - alpha) + lesion * alpha, with lesion = img * tint * shading * pit
-    img *= ((1 - rim) * (1 - alpha))[..., None] + tint * (shading * pit * alpha)[..., None]
+    tint = _polyp_tint(rng)
+    pits = 1 + rng.uniform(0.02, 0.05) * _noise(rng, h, w, 5 * s)
+    alpha = _soft(q, r, rng.uniform(0.5, 1.3) * s)
+    rim = np.exp(-(((q - 1.06) / 0.07) ** 2)) * np.float32(rng.uniform(0.3, 0.55))  # shadow at the base
+    img *= ((1 - rim) * (1 - alpha))[..., None] + tint * (shade * pits * alpha)[..., None]
+    img *= 1 - (vessels * (1 - alpha))[..., None] * _rgb(0.25, 0.55, 0.45)  # vessels of the wall only
 
-    spec = Image.new("L", (w, h), 0)  # specular highlights, more of them on the convex polyp
-    draw = ImageDraw.Draw(spec)
-    py, px = np.nonzero(mask)
-    for _ in range(int(rng.integers(3, 30))):
-        if len(py) and rng.uniform() < 0.5:
-            j = rng.integers(len(py))
-            y, x = float(py[j]), float(px[j])
-        else:
-            y, x = rng.uniform(0, h), rng.uniform(0, w)
-        ry, rx = rng.uniform(0.6, 4.0, 2) * s
-        draw.ellipse((x - rx, y - ry, x + rx, y + ry), fill=int(rng.uniform(160, 255)))
-    spec = np.asarray(spec.filter(ImageFilter.GaussianBlur(0.8 * s)), np.float32) / 255
+    py, px = np.nonzero(mask & (shade > np.quantile(shade[mask], 0.8)) if mask.any() else mask)
+    spots = []
+    for _ in range(int(rng.integers(1, 5)) if len(py) else 0):  # highlights on the lit side of the dome
+        j = rng.integers(len(py))
+        spots.append((float(py[j]), float(px[j]), rng.uniform(1.0, 3.5) * s))
+    for _ in range(int(rng.integers(2, 12))):  # and small ones on the wet wall
+        spots.append((rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.6, 2.0) * s))
+    spec = _specular(rng, h, w, s, spots)
     img += (255 - img) * spec[..., None]
 
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     p = rng.uniform(3, 8)  # black endoscope border: a superellipse cuts the corners
     xn = (xx - w / 2) / (w / 2 * rng.uniform(1.0, 1.12))
     yn = (yy - h / 2) / (h / 2 * rng.uniform(1.0, 1.08))
@@ -237,7 +317,11 @@ def polyp(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.nda
         img[inner] = _rgb(40, 160, 60) * np.float32(rng.uniform(0.5, 1.0))
         outside |= box
     mask &= ~outside
-    return _finish(rng, img, 2.0), mask
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    img = np.asarray(
+        Image.fromarray(img).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.9) * s)), np.float32
+    )
+    return _finish(rng, img, 1.5), mask
 
 
 GENERATORS = {"skin": skin, "polyp": polyp}

@@ -2,9 +2,10 @@
 
 Each student predicts at its working size; the probability map is resized back to the image's
 original size (`samfed.preprocess.prob_to_original`), thresholded, and scored against the
-original mask with `samfed.metrics` (Dice, IoU, HD95 in original pixels; HD95 of an empty
-prediction = the image diagonal). Writes per_image.csv, summary.json, summary.md and, for the
-global model, side-by-side overlays (ground truth | prediction) of the worst cases by Dice.
+original mask with `samfed.metrics` (Dice, IoU, HD95 in original pixels, its convention chosen
+by `hd95_convention`; HD95 of an empty prediction = the image diagonal). Writes per_image.csv,
+summary.json, summary.md and, for the global model, side-by-side overlays (ground truth |
+prediction) of the worst cases by Dice.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def evaluate_run(
     out_dir: Path | None = None,
     worst: int = 6,
     batch_size: int = 8,
+    hd95_convention: str = "pooled",
 ) -> EvalResult:
     import torch
 
@@ -97,7 +99,7 @@ def evaluate_run(
     from export.checkpoint import load_student_checkpoint
     from samfed.data.io import read_pair
     from samfed.data.readers import load_dataset
-    from samfed.metrics import evaluate_pair, summarize
+    from samfed.metrics import conventions, evaluate_pair, summarize
     from samfed.preprocess import prob_to_original, to_input
 
     run_root = Path(run_root)
@@ -126,9 +128,8 @@ def evaluate_run(
                 probs = torch.sigmoid(model(x))[:, 0].numpy()
             for i, p in zip(chunk, probs, strict=True):
                 pred = prob_to_original(p, masks[i].shape) > meta["threshold"]
-                rows.append(
-                    {"model": name, "arch": meta["arch"], "id": ids[i], **evaluate_pair(pred, masks[i])}
-                )
+                scores = evaluate_pair(pred, masks[i], hd95_convention)
+                rows.append({"model": name, "arch": meta["arch"], "id": ids[i], **scores})
                 if name == "global":
                     preds_global.append(pred)
 
@@ -136,7 +137,8 @@ def evaluate_run(
         w = csv.DictWriter(f, fieldnames=["model", "arch", "id", "dice", "iou", "hd95"])
         w.writeheader()
         w.writerows({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    summary = {"run": str(run_root), "data": str(data), "ids": source, "n_images": len(ids), "models": {}}
+    summary = {"run": str(run_root), "data": str(data), "ids": source, "n_images": len(ids)}
+    summary |= {"conventions": conventions(hd95_convention), "models": {}}
     for name, _ in models:
         mine = [r for r in rows if r["model"] == name]
         summary["models"][name] = {"arch": mine[0]["arch"], **summarize(mine)}

@@ -27,6 +27,7 @@ from export.latency import cpu_info, measure_interleaved, random_inputs
 from export.manifest_writer import write_manifest
 from export.parity import dice_vs_gt, mask_agreement, nonfinite_images, run_batched
 from export.recommend import recommend
+from export.training import training_block
 from samfed.errors import SamfedError, require_folder_or_new
 from samfed.train.run_dir import manifest_format
 
@@ -231,6 +232,7 @@ def export_student(
         source_run=meta.get("source_run") or (str(run_dir.resolve()) if run_dir else None),
         source_checkpoint=str(ckpt.resolve()),
         source_checkpoint_sha256=sha256_file(ckpt / WEIGHTS),
+        training=training_block(meta, run_dir),
         torch_reference=torch_ref,
         calibration=calib.describe(),
         heldout=held.describe(),

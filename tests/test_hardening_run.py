@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_helpers import TINY, tiny
 
 from cli import main
 from samfed.config import RunConfig
@@ -24,21 +25,6 @@ from samfed.train.run_dir import RunDir
 from samfed.train.runner import auto_threads, train
 
 torch.set_num_threads(1)
-
-TINY = dict(
-    synthetic_n=28,
-    image_size=64,
-    rounds=2,
-    server_epochs=2,
-    warmup_epochs=1,
-    distill_epochs=1,
-    batch_size=4,
-    method="fixmatch",
-)
-
-
-def tiny(**kw) -> RunConfig:
-    return RunConfig(**{**TINY, **kw})
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -252,7 +238,8 @@ def test_resume_tolerates_a_torn_metrics_line_and_machine_settings_may_change(fi
     run = RunDir(copy_run(finished_run, tmp_path))
     with open(run.metrics, "a", encoding="utf-8") as f:
         f.write('{"event": "client", "round": 3, "loss": 0.4')
-    run.config.write_text(run.config.read_text() + "threads = 1\n")
+    kept = [ln for ln in run.config.read_text().splitlines() if not ln.startswith("threads =")]
+    run.config.write_text("\n".join([*kept, "threads = 2"]) + "\n")
     code, text = run_main(
         capsys, "train", "--out", str(run.root), "--resume", "--rounds", "3", "--threads", "1", "--quiet"
     )

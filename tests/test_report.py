@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import run_helpers
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
@@ -20,16 +21,12 @@ from samfed.train.runner import train
 
 torch.set_num_threads(1)
 
-TINY = dict(
-    synthetic_n=28,
-    image_size=64,
-    rounds=1,
-    server_epochs=4,
-    warmup_epochs=1,
-    distill_epochs=1,
-    batch_size=4,
-    method="samfed",
-)
+REPORT_RUN = dict(rounds=1, server_epochs=4, method="samfed")
+
+
+def tiny(**kw) -> RunConfig:
+    """The tiny run with one round of SAM-Fed (a longer server initialisation)."""
+    return run_helpers.tiny(**{**REPORT_RUN, **kw})
 
 
 class BlankTeacher:
@@ -43,10 +40,6 @@ class BlankTeacher:
 
     def predict_proba(self, images, out_size, boxes=None, prompt_masks=None, batch_size=8):
         return np.zeros((len(images), out_size, out_size), np.float32)
-
-
-def tiny(**kw) -> RunConfig:
-    return RunConfig(**{**TINY, **kw})
 
 
 def ansi_free(text: str) -> bool:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from run_helpers import same, tiny, weights
 
 from samfed.config import RunConfig
 from samfed.errors import SamfedError
@@ -14,30 +14,6 @@ from samfed.train.run_dir import RunDir, verify_manifest
 from samfed.train.runner import train
 
 torch.set_num_threads(1)  # the CI machine is shared; one thread is faster under contention
-
-
-def tiny(**kw) -> RunConfig:
-    """64 px, 28 synthetic images, 3 clients, short schedule; no teacher unless the method needs one."""
-    base = dict(
-        synthetic_n=28,
-        image_size=64,
-        rounds=2,
-        server_epochs=2,
-        warmup_epochs=1,
-        distill_epochs=1,
-        batch_size=4,
-        method="fixmatch",
-    )
-    base.update(kw)
-    return RunConfig(**base)
-
-
-def weights(path) -> dict:
-    return load_file(str(path / "student.safetensors"))
-
-
-def same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_config_toml_roundtrip_and_override(tmp_path):

@@ -155,6 +155,15 @@ def auto_threads(requested: int | None) -> int:
     return 1 if busy else max(1, min(torch.get_num_threads(), cores))
 
 
+def run_threads(cfg: RunConfig, state: dict | None) -> int:
+    """The run's intra-op thread count: cfg.threads, else on resume the count the run started with
+    (results depend on it: a resumed run ends with the weights of an uninterrupted one only with
+    the same count), else `auto_threads`."""
+    if cfg.threads is None and state is not None and "threads" in state:
+        return int(state["threads"])
+    return auto_threads(cfg.threads)
+
+
 # ---- data --------------------------------------------------------------------------------------
 
 
@@ -358,6 +367,7 @@ def round_state(
         "global": state_copy(glob),
         "clients": [state_copy(m) for m in clients],
         "torch_rng": torch.get_rng_state(),
+        "threads": torch.tensor(torch.get_num_threads()),
     }
 
 
@@ -435,7 +445,6 @@ def train(
     log = RunLog(console or Console(quiet=not progress))
     t_start = time.perf_counter()
     validate_config(cfg)
-    torch.set_num_threads(auto_threads(cfg.threads))
     if resolve_device(cfg.device).type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     run = RunDir(out)
@@ -449,6 +458,7 @@ def train(
         check_resume(cfg, run, 0)
         log.say(f"no round of {run.root} had finished: starting it again")
         run.metrics.unlink(missing_ok=True)
+    torch.set_num_threads(run_threads(cfg, state))
     run.root.mkdir(parents=True, exist_ok=True)
     log.open(run.log_file)
     try:

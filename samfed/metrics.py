@@ -110,7 +110,9 @@ def check_hd95_convention(convention: str) -> str:
     return convention
 
 
-def hd95(pred: np.ndarray, gt: np.ndarray, percentile: float = 95.0, convention: str = DEFAULT_HD95) -> float:
+def hd95(
+    pred: np.ndarray, gt: np.ndarray, percentile: float = 95.0, *, convention: str = DEFAULT_HD95
+) -> float:
     """95th-percentile Hausdorff distance in pixels between (H,W) bool masks, symmetric in its
     arguments, by `convention` ("pooled": medpy's hd95, "max": MONAI's; see the module docstring).
 

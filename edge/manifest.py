@@ -22,7 +22,6 @@ a tampered, truncated or redirected model is refused before it is run. Torch-fre
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import posixpath
@@ -34,6 +33,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from edge.onnx_external import external_data_locations
 from edge.signature import SIGNATURE_NAME, trusted_fingerprint, verify_signature
 from samfed.errors import SamfedError
+from samfed.fileio import sha256_file
 from samfed.preprocess import Preprocessing
 
 MANIFEST_NAME = "manifest.json"
@@ -45,15 +45,6 @@ RESIZE_MODES = ("stretch-bilinear",)  # what samfed.preprocess.resize_image impl
 SIZE_RANGE = (8, 4096)  # px; beyond that a batch of inputs no longer fits a clinic workstation
 STD_RANGE = (1e-3, 10.0)  # inputs are in [0, 1]: a smaller std amplifies them past any trained range
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hash_files(root: Path, names: list[str]) -> dict[str, str]:

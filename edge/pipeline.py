@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.manifest import MANIFEST_NAME, sha256_file
+from edge.manifest import MANIFEST_NAME
 from edge.outputs import Row, mask_png, overlay_png, summarize
 from edge.predict_out import Mode, OutputFolder, open_output
 from edge.predictor import Predictor
 from samfed.data.io import IMAGE_EXTS, read_image
 from samfed.errors import SamfedError
+from samfed.fileio import sha256_file
 
 
 @dataclass

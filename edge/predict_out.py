@@ -24,7 +24,7 @@ from typing import IO, Literal
 
 from edge.outputs import Row, write_csv
 from samfed.errors import SamfedError
-from samfed.train.run_dir import atomic_write_text
+from samfed.fileio import atomic_write_text
 
 RECORD_NAME = "predict_run.json"
 JOURNAL_NAME = "predict_rows.jsonl"

@@ -11,10 +11,11 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from edge.manifest import MANIFEST_NAME, load_manifest, sha256_file
+from edge.manifest import MANIFEST_NAME, load_manifest
 from edge.session import open_session
 from export.latency import Runner, cpu_info, measure_interleaved, random_inputs
 from samfed.errors import SamfedError
+from samfed.fileio import sha256_file
 
 ORDER = ("torch-fp32", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.manifest import FORMAT, MANIFEST_NAME, sha256_file
+from edge.manifest import FORMAT, MANIFEST_NAME
 from edge.session import open_session
 from edge.signature import SIGNATURE_NAME
 from export.checkpoint import WEIGHTS, load_student_checkpoint, read_checkpoint_info
@@ -29,6 +29,7 @@ from export.parity import dice_vs_gt, mask_agreement, nonfinite_images, run_batc
 from export.recommend import recommend
 from export.training import training_block
 from samfed.errors import SamfedError, require_folder_or_new
+from samfed.fileio import sha256_file
 from samfed.train.run_dir import manifest_format
 
 

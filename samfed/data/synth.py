@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from samfed.errors import SamfedError
-from samfed.train.run_dir import atomic_write_text
+from samfed.fileio import atomic_write_text
 
 DOMAINS = ("skin", "polyp")
 GENERATOR_VERSION = 2

@@ -98,7 +98,7 @@ def refuse_existing(paths, overwrite: bool = False) -> None:
 def write_files(files: dict[Path, tuple[bytes, bool]], overwrite: bool = False) -> None:
     """Write {path: (content, private)} atomically; private files get mode 0600, others 0644.
     SamfedError, before writing anything, when one exists and `overwrite` is False."""
-    from samfed.train.run_dir import atomic_write_bytes
+    from samfed.fileio import atomic_write_bytes
 
     refuse_existing(files, overwrite)
     for path, (data, private) in files.items():

@@ -55,7 +55,7 @@ class PretrainedWeights:
 @lru_cache(maxsize=4)
 def _verified_state(path: str, size: int, mtime_ns: int, sha256: str, pip_install: str) -> dict:
     """sha256-checked `torch.load(weights_only=True)` of `path` (size and mtime key the cache)."""
-    from samfed.train.run_dir import sha256_file
+    from samfed.fileio import sha256_file
 
     digest = sha256_file(Path(path))
     if digest != sha256:

@@ -10,12 +10,13 @@ Works with any teacher exposing ``hash``, ``prompt`` and ``predict_proba`` (torc
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from samfed.fileio import atomic_write_bytes
 
 
 def image_digest(image: np.ndarray) -> str:
@@ -57,12 +58,10 @@ class TeacherMapCache:
             return None
 
     def put(self, image_key: str, teacher_hash: str, variant: str, q: np.ndarray) -> None:
-        p = self.path(image_key, teacher_hash, variant)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp.npz")
-        os.close(fd)
-        np.savez_compressed(tmp, prob=q)
-        os.replace(tmp, p)  # atomic: concurrent readers never see half a file
+        buf = io.BytesIO()
+        np.savez_compressed(buf, prob=q)
+        # atomic: concurrent readers never see half a file
+        atomic_write_bytes(self.path(image_key, teacher_hash, variant), buf.getvalue())
 
 
 def _variant(prompt: str, out_size: int, box: np.ndarray | None) -> str:

@@ -61,7 +61,7 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     """np.save through a temporary file + os.replace: concurrent readers never see half a file."""
     import io
 
-    from samfed.train.run_dir import atomic_write_bytes
+    from samfed.fileio import atomic_write_bytes
 
     buf = io.BytesIO()
     np.save(buf, array)

@@ -25,15 +25,14 @@ outside the run, in `cache_folder()`: keyed by content, shared by runs, safe to 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from samfed.errors import SamfedError
+from samfed.fileio import atomic_write_bytes, atomic_write_text, sha256_file  # also imported from here
 
 MANIFEST_SKIP = ("cache", "manifest.json", "train.log")  # cache/: runs made before the shared cache
 RUN_FORMAT = "samfed-run/1"
@@ -76,26 +75,6 @@ def _clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class RunDir:

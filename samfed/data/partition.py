@@ -212,18 +212,6 @@ def image_sizes(dataset: Dataset, ids: Sequence[str]) -> dict[str, tuple[int, in
     return {s.id: image_size(s.image) for s in dataset.select(list(ids))}
 
 
-def resolution_clusters(sizes: dict[str, tuple[int, int]], gap: float = 0.05) -> dict[str, int]:
-    """id -> cluster index: resolutions sorted by sqrt(area) start a new cluster after a relative
-    gap larger than `gap` (Kvasir-SEG: ~600x530 crops, 720x576, ~1215x1010, 1348x1070, 1920x1072)."""
-    scales = sorted({math.sqrt(w * h) for w, h in sizes.values()})
-    cluster_of, k = {}, 0
-    for i, sc in enumerate(scales):
-        if i and sc > scales[i - 1] * (1 + gap):
-            k += 1
-        cluster_of[sc] = k
-    return {i: cluster_of[math.sqrt(w * h)] for i, (w, h) in sizes.items()}
-
-
 def quantile_bins(values: dict[str, float], n_bins: int) -> dict[str, int]:
     """id -> bin index 0..n_bins-1 by quantiles of `values` (ties fall in the same bin)."""
     v = np.array(list(values.values()))

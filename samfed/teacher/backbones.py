@@ -13,7 +13,6 @@ attention biases at `.eval()`, so an earlier `.eval()` gives silently wrong outp
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,14 +47,6 @@ def get_backbone(name: str) -> Backbone:
     if name not in BACKBONES:
         raise SamfedError(f"Unknown teacher backbone {name!r}; choose one of: {', '.join(BACKBONES)}.")
     return BACKBONES[name]
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _strict_load(model: nn.Module, state: dict, source: str) -> None:

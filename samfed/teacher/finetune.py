@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from samfed.method.agreement import mask_dice
+from samfed.method.losses import seg_loss
 from samfed.teacher.embeddings import embed_images
 from samfed.teacher.lora import LoraConfig, add_lora, has_lora, lora_parameters, parameter_counts
 from samfed.teacher.model import Teacher
@@ -44,15 +44,6 @@ class FinetuneResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """logits, target (B, 1, L, L) -> scalar BCE + (1 - soft Dice), both averaged over the batch."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    p = torch.sigmoid(logits).flatten(1)
-    t = target.flatten(1)
-    dice = (2 * (p * t).sum(1) + 1.0) / (p.sum(1) + t.sum(1) + 1.0)
-    return bce + (1 - dice).mean()
 
 
 def hard_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -212,7 +203,7 @@ def finetune_teacher(
                 emb = teacher.encode(torch.from_numpy(to_input_batch(ims, spec)).to(dev))
             boxes = _boxes(prompt, spec, b_masks, b_shapes, rng, box_jitter)
             logits = teacher.decode(emb, None if boxes is None else torch.from_numpy(boxes).to(dev))
-            loss = bce_dice_loss(logits, tgt)
+            loss = seg_loss(logits, tgt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

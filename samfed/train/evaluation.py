@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from samfed.method.arrays import SegArrays, predict_proba
-from samfed.metrics import dice, evaluate_pair, summarize
+from samfed.metrics import dice, evaluate_pair
 from samfed.preprocess import Preprocessing
 
 
@@ -37,11 +37,6 @@ def map_dice(probs: np.ndarray, masks: np.ndarray) -> float:
     from samfed.metrics import dice_batch
 
     return float(dice_batch(probs > 0.5, masks).mean()) if len(masks) else float("nan")
-
-
-def mean_of(rows: list[dict], key: str) -> float:
-    s = summarize(rows)
-    return s[key]["mean"] if key in s else float("nan")
 
 
 @dataclass

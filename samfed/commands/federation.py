@@ -229,7 +229,8 @@ def _prepare_run_dir(out: Path, resume: bool, new_config, split: Path | None):
     new run. A folder left by a start that never finished round 0 is accepted again: a rerun
     prepares it anew, `--resume` starts its saved configuration from the beginning."""
     from samfed.config import RunConfig
-    from samfed.train.run_dir import RunDir, atomic_write_text
+    from samfed.fileio import atomic_write_text
+    from samfed.train.run_dir import RunDir
 
     run = RunDir(out)
     if resume:

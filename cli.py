@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from samfed import __version__
 from samfed.commands import (
     bench,
     certs,
@@ -37,6 +38,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"samfed {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print samfed's version and exit."
+    ),
+) -> None:
+    """Options of `samfed` itself (before the verb)."""
+
+
 app.command(help=train.train.__doc__)(train.train)
 app.command(help=evaluate.evaluate.__doc__)(evaluate.evaluate)
 app.command(help=export.export.__doc__)(export.export)
@@ -60,7 +78,7 @@ def _verb(argv: list[str]) -> str:
     return next((a for a in argv if not a.startswith("-")), "")
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = SamfedError.exit_code) -> None:
     _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
@@ -94,7 +112,9 @@ def _missing_module(exc: ModuleNotFoundError, verb: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user errors become one red line and a non-zero exit, never a traceback.
+    """Run the CLI; user errors become one red line and a non-zero exit, never a traceback:
+    exit 1 for samfed's own errors (SamfedError, a missing dependency, no write permission), 2 for
+    Click's usage errors (unknown option, bad value type).
 
     Ctrl-C prints one line (with the --resume hint for the verbs that save their progress) and exits
     130; a dependency missing from an edge install, or an output folder without write permission,

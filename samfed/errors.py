@@ -1,4 +1,4 @@
-"""User-facing errors: the CLI prints their message as one line and exits non-zero."""
+"""User-facing errors: the CLI prints their message as one line and exits 1 (`SamfedError.exit_code`)."""
 
 from pathlib import Path
 
@@ -9,7 +9,7 @@ class SamfedError(Exception):
     The message must be one self-contained sentence that says what is wrong and what is expected.
     """
 
-    exit_code: int = 2
+    exit_code: int = 1  # Click's usage errors (unknown option, bad value type) exit 2
 
 
 def require_folder_or_new(path: str | Path, flag: str = "--out") -> None:

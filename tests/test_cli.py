@@ -36,6 +36,22 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     assert "error" in out.stderr.lower()
 
 
+def test_version_prints_and_exits_0():
+    import samfed
+
+    out = run_cli("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"samfed {samfed.__version__}"
+
+
+def test_samfed_errors_exit_1_and_usage_errors_exit_2(tmp_path):
+    """A SamfedError (a folder that does not exist) is not a usage error: its exit code differs."""
+    own = run_cli("data", "check", str(tmp_path / "does-not-exist"))
+    assert own.returncode == 1 and own.stderr.strip().startswith("error:"), own.stderr
+    usage = run_cli("data", "check", str(tmp_path), "--no-such-option")
+    assert usage.returncode == 2 and "No such option" in usage.stderr, usage.stderr
+
+
 def test_dataset_warnings_are_one_line(tmp_path, polyp_dir):
     """samfed's own warnings print as one 'warning:' line, without Python's file:line prefix."""
     import shutil

@@ -333,7 +333,7 @@ def test_cli_check_clean_folder_and_missing_folder(polyp_dir, tmp_path):
     out = run_cli("data", "check", str(polyp_dir))
     assert out.returncode == 0 and "24 usable pairs" in out.stdout, out.stdout + out.stderr
     out = run_cli("data", "check", str(tmp_path / "nope"))
-    assert out.returncode == 2 and "Traceback" not in out.stderr and "does not exist" in out.stderr
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "does not exist" in out.stderr
 
 
 def test_cli_synth_then_split(tmp_path):

@@ -217,7 +217,7 @@ def test_id_files_must_be_utf8_without_duplicates_or_overlap(tmp_path):
     with pytest.raises(SamfedError, match="val.txt is not UTF-8 text"):
         load_dataset(root)
     out = run_cli("data", "check", str(root))
-    assert out.returncode == 2 and "not UTF-8" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "not UTF-8" in out.stderr and "Traceback" not in out.stderr
     (root / "val.txt").write_bytes("\ufeffa\nb\n".encode())  # a BOM is fine
     assert load_dataset(root).splits == {"val": ["a", "b"]}
     (root / "val.txt").write_text("a\nb\na.png\n")
@@ -308,7 +308,7 @@ def test_synth_overwrite_never_deletes_files_it_did_not_write(tmp_path):
         write_synthetic("polyp", 2, real, size=32, overwrite=True)
     assert _tree(real) == before
     out = run_cli("data", "synth", str(real), "--n", "2", "--size", "32", "--overwrite")
-    assert out.returncode == 2 and "Traceback" not in out.stderr and "samfed data synth" in out.stderr
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "samfed data synth" in out.stderr
     assert _tree(real) == before
 
     synth = write_synthetic("polyp", 3, tmp_path / "s", size=32)
@@ -370,5 +370,5 @@ def test_synth_bounds_fail_fast_without_writing(tmp_path, kw, match):
 
 def test_cli_synth_huge_size_is_one_line(tmp_path):
     out = run_cli("data", "synth", str(tmp_path / "s"), "--size", "100000")
-    assert out.returncode == 2 and "Traceback" not in out.stderr and "2048" in out.stderr, out.stderr
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "2048" in out.stderr, out.stderr
     assert not (tmp_path / "s").exists()

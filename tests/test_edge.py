@@ -69,7 +69,7 @@ def test_manifest_hashes_verified_and_tampering_refused(exported, polyp_dir, tmp
     with pytest.raises(SamfedError, match="hash mismatch"):
         load_manifest(bad)
     res = run_cli("predict", str(bad), str(polyp_dir / "images"), "--out", str(tmp_path / "o"))
-    assert res.returncode == 2 and "hash mismatch" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 1 and "hash mismatch" in res.stderr and "Traceback" not in res.stderr
     (bad / "model_fp32.onnx").unlink()
     with pytest.raises(SamfedError, match="missing"):
         load_manifest(bad)
@@ -152,7 +152,7 @@ def test_predict_cli_fails_when_nothing_readable(exported, tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(b"not a png")
     res = run_cli("predict", str(exported), str(tmp_path / "in"), "--out", str(tmp_path / "out"))
-    assert res.returncode == 2 and "None of the 1 images" in res.stderr
+    assert res.returncode == 1 and "None of the 1 images" in res.stderr
 
 
 BLOCKED = ["torch", "torchvision", "onnx", "nncf", "scipy", "safetensors", "timm", "flwr", "segment_anything"]

@@ -90,7 +90,7 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err, err
+    assert code == 1 and err.count("error:") == 1 and "Traceback" not in err, err
     for n in needles:
         assert n in err, err
 

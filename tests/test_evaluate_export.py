@@ -317,7 +317,7 @@ def test_errors_are_one_line(exported, hand_made, tmp_path, capsys):
     ]
     for args, message in cases:
         code, text = run_main(capsys, "evaluate", *args, "--out", tmp_path / "o")
-        assert code == 2 and message in one_error_line(text), (args, text)
+        assert code == 1 and message in one_error_line(text), (args, text)
 
 
 def test_prediction_problems_are_one_line(hand_made, tmp_path, capsys):
@@ -327,16 +327,16 @@ def test_prediction_problems_are_one_line(hand_made, tmp_path, capsys):
     code, text = run_main(
         capsys, "evaluate", "--predictions", pred, "--data", data, "--ids", tmp_path / "ids.txt"
     )
-    assert code == 2 and "No prediction for 'missed'" in one_error_line(text)
+    assert code == 1 and "No prediction for 'missed'" in one_error_line(text)
 
     write_masks(pred / "masks", {"missed": np.zeros((20, 20), bool)})  # not the image's size
     code, text = run_main(capsys, "evaluate", "--predictions", pred, "--data", data)
     line = one_error_line(text)
-    assert code == 2 and "20x20 px" in line and "64x48 px" in line
+    assert code == 1 and "20x20 px" in line and "64x48 px" in line
 
     write_masks(pred / "masks", {"missed": np.zeros((48, 64), bool), "stranger": np.zeros((48, 64), bool)})
     code, text = run_main(capsys, "evaluate", "--predictions", pred, "--data", data)
-    assert code == 2 and "no image with id 'stranger'" in one_error_line(text)
+    assert code == 1 and "no image with id 'stranger'" in one_error_line(text)
     code, text = run_main(  # with --ids, predictions of other images are left out
         capsys, "evaluate", "--predictions", pred, "--data", data, "--ids", tmp_path / "ids.txt"
     )
@@ -348,9 +348,9 @@ def test_ground_truth_of_another_size_is_one_line(exported, tmp_path, capsys):
     Image.fromarray(np.zeros((30, 30), np.uint8)).save(data / "masks" / "b.png")
     code, text = run_main(capsys, "evaluate", exported, "--data", data, "--out", tmp_path / "o")
     line = one_error_line(text)
-    assert code == 2 and "30x30 px" in line and "64x48 px" in line
+    assert code == 1 and "30x30 px" in line and "64x48 px" in line
 
     unlabeled = tmp_path / "unlabeled"
     shutil.copytree(data / "images", unlabeled / "images")
     code, text = run_main(capsys, "evaluate", exported, "--data", unlabeled, "--out", tmp_path / "o")
-    assert code == 2 and "no ground-truth mask" in one_error_line(text)
+    assert code == 1 and "no ground-truth mask" in one_error_line(text)

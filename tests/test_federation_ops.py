@@ -228,13 +228,13 @@ def test_the_cli_refuses_a_bad_file_in_one_line_and_writes_nothing(tmp_path):
     (tmp_path / "data").mkdir()
     server = _write(tmp_path, 'out = "run"\ndata = "data"\ninsecure = true\nround_timeout = "1h"\n')
     res = _cli("serve", "--config", str(server))
-    assert res.returncode == 2 and "setting round_timeout must be a number > 0" in _one_line(res.stderr)
+    assert res.returncode == 1 and "setting round_timeout must be a number > 0" in _one_line(res.stderr)
     assert not (tmp_path / "run").exists()
     node = _write(
         tmp_path, 'data = "data"\nsuperlink = "a:1"\nclient_id = 0\ninsecure = true\nnmae = "x"\n', "n.toml"
     )
     res = _cli("node", "--config", str(node))
-    assert res.returncode == 2 and "nmae (did you mean name?)" in _one_line(res.stderr)
+    assert res.returncode == 1 and "nmae (did you mean name?)" in _one_line(res.stderr)
 
 
 def test_serve_config_of_method_settings_only_is_the_deprecated_method_config(tmp_path):
@@ -267,7 +267,7 @@ def test_certs_init_add_node_renew_show(tmp_path, capsys):
 
     before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
     code, _, err = _samfed(capsys, "certs", "init", str(d))
-    assert code == 2 and "already exist" in err and "--force" in err
+    assert code == 1 and "already exist" in err and "--force" in err
     assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before  # nothing replaced
 
     # a clinic added later: its key joins nodes/, the CA and the server certificate stay as they are
@@ -287,7 +287,7 @@ def test_certs_init_add_node_renew_show(tmp_path, capsys):
         .split()
     )
     code, _, err = _samfed(capsys, "certs", "add-node", str(d), "clinic-b")
-    assert code == 2 and "already exist" in err
+    assert code == 1 and "already exist" in err
     # a key made at the clinic: only the public half travels
     own = T.make_node_key(tmp_path / "clinic-c", "mykey")
     code, _, _ = _samfed(capsys, "certs", "add-node", str(d), "clinic-c", "--public-key", str(own.public_key))
@@ -300,9 +300,9 @@ def test_certs_init_add_node_renew_show(tmp_path, capsys):
     code, _, err = _samfed(
         capsys, "certs", "add-node", str(d), "clinic-d", "--public-key", str(tmp_path / "rsa.pub")
     )
-    assert code == 2 and "not an OpenSSH ECDSA P-384 public key" in err
+    assert code == 1 and "not an OpenSSH ECDSA P-384 public key" in err
     code, _, err = _samfed(capsys, "certs", "add-node", str(d), "../evil")
-    assert code == 2 and "cannot name a node" in err
+    assert code == 1 and "cannot name a node" in err
     assert T.node_public_keys([d / "nodes"]) == [d / "nodes" / "clinic-b.pub", d / "nodes" / "clinic-c.pub"]
     assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before
 
@@ -392,21 +392,21 @@ def test_serve_and_node_warn_in_one_yellow_line_and_refuse_expired_certificates(
         )  # fmt: skip
     warnings = [x for x in res.stderr.splitlines() if x.startswith("warning:")]
     assert len(warnings) == 1 and "server certificate" in warnings[0] and "day(s) left" in warnings[0]
-    assert "in use" in res.stderr and res.returncode == 2
+    assert "in use" in res.stderr and res.returncode == 1
 
     old = _expired(tmp_path / "old")
     res = _cli("serve", "--out", str(tmp_path / "b"), "--data", str(data), "--certs", str(old.ca_cert.parent))
-    assert res.returncode == 2 and "expired on" in _one_line(res.stderr)
+    assert res.returncode == 1 and "expired on" in _one_line(res.stderr)
     node = ["node", "--data", str(data), "--superlink", f"127.0.0.1:{fp.free_port()}", "--client-id", "0"]
     res = _cli(*node, "--ca", str(old.ca_cert))
     assert (
-        res.returncode == 2 and "The CA certificate" in _one_line(res.stderr) and "expired on" in res.stderr
+        res.returncode == 1 and "The CA certificate" in _one_line(res.stderr) and "expired on" in res.stderr
     )
     short_ca = T.make_certificates(tmp_path / "short-ca", days=5, ca_days=5).ca_cert
     res = _cli(*node, "--ca", str(short_ca), "--connect-timeout", "1", "--work-dir", str(tmp_path / "w"))
     warnings = [x for x in res.stderr.splitlines() if x.startswith("warning:")]
     assert len(warnings) == 1 and "the CA certificate" in warnings[0] and "new ca.pem" in warnings[0]
-    assert res.returncode == 2 and "Cannot reach the server" in res.stderr  # the start went on
+    assert res.returncode == 1 and "Cannot reach the server" in res.stderr  # the start went on
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

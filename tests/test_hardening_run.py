@@ -168,14 +168,14 @@ def test_config_validation_is_torch_free(tmp_path):
 
 def test_cli_students_empty_is_one_line_and_writes_nothing(tmp_path, capsys):
     code, text = run_main(capsys, "train", "--students", "", "--out", str(tmp_path / "r"), "--quiet")
-    assert code == 2 and "--students must be a non-empty list" in one_error_line(text)
+    assert code == 1 and "--students must be a non-empty list" in one_error_line(text)
     assert not (tmp_path / "r").exists()
 
 
 def test_cli_bad_config_file_is_one_line(tmp_path, capsys):
     (tmp_path / "c.toml").write_text('labeled_fraction = "x"\n')
     code, text = run_main(capsys, "train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "r"))
-    assert code == 2 and "setting labeled_fraction must be a number" in one_error_line(text)
+    assert code == 1 and "setting labeled_fraction must be a number" in one_error_line(text)
     assert not (tmp_path / "r").exists()
 
 
@@ -215,7 +215,7 @@ def test_resume_with_fewer_rounds_than_done_is_refused(finished_run, tmp_path, c
     run = copy_run(finished_run, tmp_path)
     before = tree_digest(run)
     code, text = run_main(capsys, "train", "--out", str(run), "--resume", "--rounds", "1", "--quiet")
-    assert code == 2 and "has finished 2 rounds" in one_error_line(text) and "--rounds 1" in text
+    assert code == 1 and "has finished 2 rounds" in one_error_line(text) and "--rounds 1" in text
     assert tree_digest(run) == before
 
 
@@ -228,7 +228,7 @@ def test_resume_after_editing_a_method_setting_is_refused(finished_run, tmp_path
     before = tree_digest(run)
     code, text = run_main(capsys, "train", "--out", str(run), "--resume", "--rounds", "3", "--quiet")
     line = one_error_line(text)
-    assert code == 2 and "changed since the run started" in line and f"{key} (" in line
+    assert code == 1 and "changed since the run started" in line and f"{key} (" in line
     assert tree_digest(run) == before
 
 
@@ -344,14 +344,14 @@ def test_export_into_a_run_folder_is_refused(finished_run, tmp_path, capsys, sig
     before = tree_digest(run)
     code, text = run_main(capsys, "export", str(run), "--out", str(run), "--backend", "onnx")
     line = one_error_line(text)
-    assert code == 2 and "holds a samfed-run/1 artefact" in line and "not an export" in line
+    assert code == 1 and "holds a samfed-run/1 artefact" in line and "not an export" in line
     assert tree_digest(run) == before
 
 
 def test_train_into_an_export_folder_is_refused(exported, capsys):
     before = tree_digest(exported)
     code, text = run_main(capsys, "train", "--out", str(exported), "--quiet")
-    assert code == 2 and "holds a samfed-export/1 artefact" in one_error_line(text)
+    assert code == 1 and "holds a samfed-export/1 artefact" in one_error_line(text)
     assert tree_digest(exported) == before
 
 
@@ -424,7 +424,7 @@ def test_export_of_a_checkpoint_with_bad_preprocessing_is_one_line(
     change(meta)
     (ckpt / "student.json").write_text(json.dumps(meta))
     code, text = run_main(capsys, "export", str(ckpt), "--out", str(tmp_path / "out"), "--backend", "onnx")
-    assert code == 2 and expected in one_error_line(text)
+    assert code == 1 and expected in one_error_line(text)
     assert not (tmp_path / "out").exists()
 
 
@@ -432,7 +432,7 @@ def test_export_with_a_corrupt_split_file_in_the_run_is_one_line(finished_run, t
     run = copy_run(finished_run, tmp_path)
     (run / "split.json").write_text('{"server_labeled": [')
     code, text = run_main(capsys, "export", str(run), "--out", str(tmp_path / "out"), "--backend", "onnx")
-    assert code == 2 and "is not a samfed split" in one_error_line(text)
+    assert code == 1 and "is not a samfed split" in one_error_line(text)
     assert not (tmp_path / "out").exists()
 
 
@@ -440,11 +440,11 @@ def test_bench_and_evaluate_out_an_existing_file_is_one_line(finished_run, expor
     target = tmp_path / "file.txt"
     target.write_text("keep me")
     code, text = run_main(capsys, "bench", str(exported), "--out", str(target), "--iters", "1")
-    assert code == 2 and "is a file" in one_error_line(text)
+    assert code == 1 and "is a file" in one_error_line(text)
     code, text = run_main(
         capsys, "evaluate", str(finished_run), "--data", str(finished_run / "data"), "--out", str(target)
     )
-    assert code == 2 and "is a file" in one_error_line(text)
+    assert code == 1 and "is a file" in one_error_line(text)
     assert target.read_text() == "keep me"
 
 
@@ -455,7 +455,7 @@ def test_train_out_an_existing_file_is_one_line(tmp_path, capsys):
     target = tmp_path / "file.txt"
     target.write_text("keep me")
     code, text = run_main(capsys, "train", "--out", str(target), "--quiet")
-    assert code == 2 and "is a file" in one_error_line(text)
+    assert code == 1 and "is a file" in one_error_line(text)
     assert target.read_text() == "keep me"
 
 
@@ -495,7 +495,7 @@ def test_verbs_without_torch_say_what_to_install(tmp_path, args):
     }
     out = cli_subprocess(*[a.format(tmp=tmp_path) for a in args], env=env)
     line = one_error_line(out.stderr)
-    assert out.returncode == 2 and "needs torch" in line and "pip install samfed[train]" in line
+    assert out.returncode == 1 and "needs torch" in line and "pip install samfed[train]" in line
     assert not (tmp_path / "run").exists()
 
 
@@ -510,4 +510,4 @@ def test_unwritable_output_folder_is_one_line_naming_it(tmp_path):
         target = locked / "run"
     out = cli_subprocess("train", "--out", str(target), "--quiet", "--rounds", "0")
     line = one_error_line(out.stderr)
-    assert out.returncode == 2 and "permission denied" in line and str(target.parent) in line
+    assert out.returncode == 1 and "permission denied" in line and str(target.parent) in line

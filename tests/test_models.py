@@ -166,5 +166,5 @@ def test_models_cli_table_and_bad_size(capsys):
     assert "GFLOPs @64" in result.output
     with pytest.raises(SystemExit) as exc:
         cli.main(["models", "--size", "100"])
-    assert exc.value.code == 2
+    assert exc.value.code == 1
     assert "multiple of 16" in capsys.readouterr().err

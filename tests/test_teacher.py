@@ -339,9 +339,9 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def test_cli_teacher_user_errors_are_one_line(tmp_path):
     out = run_cli("teacher", "finetune", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "t"))
-    assert out.returncode == 2 and "error:" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert out.returncode == 1 and "error:" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     out = run_cli("teacher", "export", "sam-vit-b", "--out", str(tmp_path / "o"))
-    assert out.returncode == 2 and "sam_vit_b_01ec64.pth" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "sam_vit_b_01ec64.pth" in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.slow

@@ -283,19 +283,19 @@ def test_gallery_refuses_folders_that_are_not_predict_output(predicted, tmp_path
 
 def test_cli_remote_host_flag_busy_port_bad_folder_and_trusted_key(exported, tmp_path):
     res = run_cli("view", str(exported), "--host", "0.0.0.0")
-    assert res.returncode == 2 and "--allow-remote" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 1 and "--allow-remote" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("view", str(exported), "--folder", str(tmp_path))
-    assert res.returncode == 2 and "no predictions.csv" in res.stderr
+    assert res.returncode == 1 and "no predictions.csv" in res.stderr
     signed = tmp_path / "signed"
     shutil.copytree(exported, signed)
     fp = sign_export(signed, tmp_path / "key.pem")
     res = run_cli("view", str(signed), "--trusted-key", "SHA256:" + "0" * 64)
-    assert res.returncode == 2 and "not by a trusted key" in res.stderr
+    assert res.returncode == 1 and "not by a trusted key" in res.stderr
     with Viewer(signed, "--host", "0.0.0.0", "--allow-remote", "--port", "0", "--trusted-key", fp) as v:
         assert "without a password" in " ".join(v.stderr_text().split())
         port = v.url.rsplit(":", 1)[1].strip("/")
         res = run_cli("view", str(exported), "--port", port)
-        assert res.returncode == 2 and f"Port {port} on 127.0.0.1 is in use" in res.stderr
+        assert res.returncode == 1 and f"Port {port} on 127.0.0.1 is in use" in res.stderr
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/card", timeout=30) as answer:
             assert json.loads(answer.read())["model"]["signer"] == fp
 

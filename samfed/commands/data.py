@@ -54,8 +54,8 @@ def check(
     size differs from their image, masks that are neither 0/1 nor 0/255-like (colour, noise, many
     grey levels), two files with one id (a.jpg + a.png). Warnings: empty or all-foreground masks,
     split-file ids without an image, subfolders that are not read. Exit code 0 when the folder is
-    usable (no errors and at least one usable sample), 1 otherwise; 2 when the folder does not
-    exist, holds no images or has an invalid split file.
+    usable (no errors and at least one usable sample), 1 otherwise (also when the folder does not
+    exist, holds no images or has an invalid split file: the error line says which).
     """
     from samfed.data.check import ERROR, check_dataset
 

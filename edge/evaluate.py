@@ -18,7 +18,7 @@ import numpy as np
 from samfed.data.io import IMAGE_EXTS, read_mask, read_pair
 from samfed.data.readers import Dataset, load_dataset, read_id_list
 from samfed.errors import SamfedError
-from samfed.metrics import DEFAULT_HD95, check_hd95_convention, evaluate_pair
+from samfed.metrics import DEFAULT_HD95, HD95_CONVENTIONS, evaluate_pair
 
 
 @dataclass
@@ -247,7 +247,7 @@ def score_predictions(
 
 
 def _check_convention(convention: str) -> None:
-    try:
-        check_hd95_convention(convention)
-    except ValueError as exc:
-        raise SamfedError(f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
+    if convention not in HD95_CONVENTIONS:
+        raise SamfedError(
+            f"Unknown HD95 convention {convention!r}; expected {' or '.join(HD95_CONVENTIONS)}."
+        )

@@ -60,7 +60,9 @@ def evaluate(
     ] = "pooled",
     worst: Annotated[int, typer.Option(min=0, help="Overlays of this many worst cases by Dice.")] = 6,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (torch, or the runtime).")] = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Export only: images per model call.")] = 8,
+    batch: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Export only: images per model call.")
+    ] = 8,
     trusted_key: TrustedKeys = None,
 ) -> None:
     """Score segmentations against ground truth: Dice, IoU, HD95 per image at original resolution.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from samfed.commands.choices import setting_choices
 from samfed.errors import SamfedError
 
 _D = "(default: {})"
@@ -27,14 +28,12 @@ def train(
         None, "--out", help="Run directory (default: runs/<method>-<date>-<time>)."
     ),
     method: str | None = typer.Option(
-        None,
-        help="samfed | samfed-no-agreement | samfed-no-kd | samfed-no-sam | sam-only | fixmatch | "
-        "supervised | centralised " + _default("method"),
+        None, help="SAM-Fed or a baseline " + _default("method"), click_type=setting_choices("method")
     ),
     students: str | None = typer.Option(
         None,
-        help="Student name(s), comma-separated; several = heterogeneous, round-robin over clients "
-        + _default("students"),
+        help="Student name(s) (`samfed models` lists them), comma-separated; several = heterogeneous, "
+        "round-robin over clients " + _default("students"),
     ),
     global_student: str | None = typer.Option(
         None, help="Global model architecture (default: the first student)."
@@ -46,10 +45,12 @@ def train(
     ),
     teacher_checkpoint: Path | None = typer.Option(None, help="Base weights file for sam-vit-* teachers."),
     teacher_mode: str | None = typer.Option(
-        None, help="Teacher fine-tuning on D_p: decoder | lora | none " + _default("teacher_mode")
+        None,
+        help="Teacher fine-tuning on D_p " + _default("teacher_mode"),
+        click_type=setting_choices("teacher_mode"),
     ),
     teacher_prompt: str | None = typer.Option(
-        None, help="none | full-box | global-box (default: the teacher's)."
+        None, help="Teacher prompt (default: the teacher's).", click_type=setting_choices("teacher_prompt")
     ),
     teacher_epochs: int | None = typer.Option(
         None, min=1, help="Teacher fine-tuning epochs " + _default("teacher_epochs")
@@ -65,7 +66,9 @@ def train(
     labeled_fraction: float | None = typer.Option(
         None, help="Fraction of the pool labeled at the server " + _default("labeled_fraction")
     ),
-    partition: str | None = typer.Option(None, help="iid | dirichlet | size " + _default("partition")),
+    partition: str | None = typer.Option(
+        None, help="Client partition " + _default("partition"), click_type=setting_choices("partition")
+    ),
     rounds: int | None = typer.Option(None, min=0, help="Federated rounds " + _default("rounds")),
     local_epochs: int | None = typer.Option(
         None, min=1, help="Client epochs per round " + _default("local_epochs")
@@ -76,14 +79,18 @@ def train(
     image_size: int | None = typer.Option(None, help="Working size in pixels " + _default("image_size")),
     batch_size: int | None = typer.Option(None, min=1, help="Images per batch " + _default("batch_size")),
     agreement: str | None = typer.Option(
-        None, help="override | weighted | ignore | vote | anneal | naive | teacher " + _default("agreement")
+        None, help="Agreement variant " + _default("agreement"), click_type=setting_choices("agreement")
     ),
-    aggregation: str | None = typer.Option(None, help="auto | fedavg | distill " + _default("aggregation")),
+    aggregation: str | None = typer.Option(
+        None, help="Aggregation rule " + _default("aggregation"), click_type=setting_choices("aggregation")
+    ),
     seed: int | None = typer.Option(
         None, help="Seed of the split, initialisation and sampling " + _default("seed")
     ),
     precision: str | None = typer.Option(
-        None, help="fp32 | bf16 (bfloat16 autocast, 2-3x faster on AMX CPUs) " + _default("precision")
+        None,
+        help="Compute precision (bf16: bfloat16 autocast, 2-3x faster on AMX CPUs) " + _default("precision"),
+        click_type=setting_choices("precision"),
     ),
     split: Path | None = typer.Option(
         None, help="Split file to use (from `samfed data split`); default: made from the partition options."

@@ -63,7 +63,12 @@ SPECS = {
         ),
     )
 }
-BACKEND_CHOICES = {"onnx": ("onnxruntime",), "openvino": ("openvino",), "all": ("onnxruntime", "openvino")}
+BACKEND_CHOICES = {
+    "onnxruntime": ("onnxruntime",),
+    "openvino": ("openvino",),
+    "all": ("onnxruntime", "openvino"),
+    "onnx": ("onnxruntime",),  # the older name of onnxruntime
+}
 
 
 def default_out_dir(source: str | Path) -> Path:
@@ -158,7 +163,7 @@ def export_student(
     import torch
 
     if backend not in BACKEND_CHOICES:
-        raise SamfedError(f"Unknown backend {backend!r}; expected onnx, openvino or all.")
+        raise SamfedError(f"Unknown backend {backend!r}; expected onnxruntime, openvino or all.")
     t_start = time.perf_counter()
     torch.set_num_threads(threads)
     model, meta = load_student_checkpoint(source)

@@ -7,10 +7,14 @@ from typing import Annotated
 
 import typer
 
+from samfed.commands.renamed import Renamed
+
+RENAMED = Renamed(flags={"--batch": "--batch-size"})
+
 
 def bench(
     model: Annotated[Path, typer.Argument(help="Export folder with manifest.json, or a .onnx / .xml file.")],
-    batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8",
+    batch_size: Annotated[str, typer.Option("--batch-size", help="Comma-separated batch sizes.")] = "1,8",
     iters: Annotated[
         int, typer.Option("--iters", help="Interleaved iterations per backend and batch size.")
     ] = 50,
@@ -40,9 +44,11 @@ def bench(
     if out is not None:
         require_folder_or_new(out)
     try:
-        batches = [int(b) for b in batch.split(",") if b.strip()]
+        batches = [int(b) for b in batch_size.split(",") if b.strip()]
     except ValueError:
-        raise SamfedError(f"--batch must be comma-separated integers like 1,8, got {batch!r}.") from None
+        raise SamfedError(
+            f"--batch-size must be comma-separated integers like 1,8, got {batch_size!r}."
+        ) from None
     console = Console()
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("benchmarking", total=iters * len(batches))

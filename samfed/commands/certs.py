@@ -1,6 +1,6 @@
 """`samfed certs init|add-node|renew|show`: the federation's CA, server certificate and node keys.
 
-One folder (see `samfed.federation.tls`) holds them on the server machine; `samfed serve --certs
+One folder (see `samfed.federation.tls`) holds them on the server machine; `samfed serve --tls-certs
 DIR --node-key DIR/nodes` uses it as it is. The CA's private key stays in it (0600), so adding a
 clinic or renewing the server certificate never changes the ca.pem the clinics already hold.
 Nothing that exists is replaced without --force (renew keeps the old pair in DIR/retired/).
@@ -53,7 +53,7 @@ def init(
     """Create the CA (ca.pem, ca.key) and the server certificate (server.pem, server.key)."""
     files = T.make_certificates(folder, _hosts(host), days, ca_days=ca_days, overwrite=force)
     (folder / T.NODES_FOLDER).mkdir(exist_ok=True)
-    _out.print(f"CA {files.ca_cert}: give a copy to every node (--ca); its key ca.key stays here (0600)")
+    _out.print(f"CA {files.ca_cert}: give a copy to every node (--tls-ca); its key ca.key stays here (0600)")
     _out.print(f"server certificate {files.server_cert} for {', '.join(_hosts(host))}, {days} days")
     _out.print(f"next: samfed certs add-node {folder} NAME, once per clinic")
 
@@ -108,7 +108,7 @@ def add_node(
     _out.print(f"node {name}: {listed} ({T.ssh_fingerprint(line)}); restart samfed serve to admit it")
     _out.print(
         f"hand {bundle} to the clinic over a safe channel (its {private.name} is the node's auth_key, "
-        "ca.pem its ca), then delete it here"
+        "ca.pem its tls_ca), then delete it here"
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,20 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from samfed.commands.choices import names_of
+from samfed.commands.renamed import Renamed
+
 app = typer.Typer(help="Synthesise, check and split datasets.", no_args_is_help=True)
 _out = Console()
 _err = Console(stderr=True)
-
-
-class Domain(StrEnum):
-    skin = "skin"
-    polyp = "polyp"
-
-
-class Scheme(StrEnum):
-    iid = "iid"
-    dirichlet = "dirichlet"
-    size = "size"
 
 
 @contextmanager
@@ -87,19 +78,30 @@ def check(
         raise typer.Exit(1)
 
 
-@app.command()
+SYNTH_RENAMED = Renamed(flags={"--size": "--image-size"})
+
+
+@app.command(cls=SYNTH_RENAMED.command())
 def synth(
     out: Annotated[
         Path,
         typer.Argument(help="Output folder (created; must be empty, or an earlier synth with --overwrite)."),
     ],
     domain: Annotated[
-        Domain, typer.Option(help="skin: ISIC 2018 layout; polyp: Kvasir-SEG layout.")
-    ] = Domain.polyp,
+        str,
+        typer.Option(
+            help="skin: ISIC 2018 layout; polyp: Kvasir-SEG layout.",
+            click_type=names_of("samfed.data.synth", "DOMAINS"),
+        ),
+    ] = "polyp",
     n: Annotated[int, typer.Option("--n", help="Number of images (at most 100000).")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same images.")] = 0,
-    size: Annotated[
-        int, typer.Option(help="Image size in px, 32..2048 (polyp images come in 3 resolutions around it).")
+    image_size: Annotated[
+        int,
+        typer.Option(
+            "--image-size",
+            help="Image size in px, 32..2048 (polyp images come in 3 resolutions around it).",
+        ),
     ] = 256,
     val_fraction: Annotated[float, typer.Option(help="Fraction of ids listed in val.txt.")] = 0.2,
     overwrite: Annotated[
@@ -110,21 +112,19 @@ def synth(
     from samfed.data.synth import write_synthetic
 
     start = time.perf_counter()
-    with _progress(f"synthesising {n} {domain.value} images") as update:
+    with _progress(f"synthesising {n} {domain} images") as update:
         write_synthetic(
-            domain.value,
+            domain,
             n,
             out,
             seed=seed,
-            size=size,
+            size=image_size,
             val_fraction=val_fraction,
             overwrite=overwrite,
             progress=lambda i: update(i + 1, n),
         )
-    layout = "ISIC 2018 Task 1" if domain == Domain.skin else "Kvasir-SEG"
-    _out.print(
-        f"wrote {n} {domain.value} images ({layout} layout) to {out} in {time.perf_counter() - start:.1f} s"
-    )
+    layout = "ISIC 2018 Task 1" if domain == "skin" else "Kvasir-SEG"
+    _out.print(f"wrote {n} {domain} images ({layout} layout) to {out} in {time.perf_counter() - start:.1f} s")
 
 
 def _describe_resolutions(ids: list[str], sizes: dict[str, tuple[int, int]]) -> str:
@@ -147,8 +147,12 @@ def split(
         float, typer.Option(help="Fraction of the pool the server holds labeled.")
     ] = 0.1,
     partition: Annotated[
-        Scheme, typer.Option(help="iid; dirichlet over lesion-size bins; size: bands of image resolution.")
-    ] = Scheme.iid,
+        str,
+        typer.Option(
+            help="iid; dirichlet over lesion-size bins; size: bands of image resolution.",
+            click_type=names_of("samfed.data.partition", "SCHEMES"),
+        ),
+    ] = "iid",
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration (smaller: more skewed).")] = 0.5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     val_fraction: Annotated[float, typer.Option(help="Val fraction when the folder has no val.txt.")] = 0.1,
@@ -173,7 +177,7 @@ def split(
             ds,
             clients=clients,
             labeled_fraction=labeled_fraction,
-            scheme=partition.value,
+            scheme=partition,
             alpha=alpha,
             seed=seed,
             val_fraction=val_fraction,
@@ -183,7 +187,7 @@ def split(
         sizes = image_sizes(ds, ids)
         fractions = lesion_fractions(ds, ids, progress=update) if ds.has_masks else None
     s.save(out)
-    table = Table(title=f"{partition.value} split of {ds.root} (seed {seed})")
+    table = Table(title=f"{partition} split of {ds.root} (seed {seed})")
     table.add_column("part")
     table.add_column("images", justify="right")
     if fractions is not None:

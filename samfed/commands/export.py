@@ -7,6 +7,10 @@ from typing import Annotated
 
 import typer
 
+from samfed.commands.renamed import Renamed
+
+RENAMED = Renamed(values={"--backend": {"onnx": "onnxruntime"}})
+
 
 def export(
     source: Annotated[
@@ -18,7 +22,7 @@ def export(
     int8: Annotated[
         bool, typer.Option("--int8", help="Also write INT8 models (ONNX Runtime QDQ, OpenVINO NNCF).")
     ] = False,
-    backend: Annotated[str, typer.Option("--backend", help="onnx, openvino or all.")] = "all",
+    backend: Annotated[str, typer.Option("--backend", help="onnxruntime, openvino or all.")] = "all",
     calib: Annotated[
         Path | None,
         typer.Option(

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from samfed.commands.renamed import Renamed
 from samfed.errors import SamfedError
 from samfed.federation import site_config as sc
 
@@ -25,6 +26,8 @@ def _opt(help: str, **kw):
 
 _S = sc.helps(sc.SERVER)
 _N = sc.helps(sc.NODE)
+SERVE_RENAMED = Renamed(flags=sc.renamed_flags(sc.SERVER))
+NODE_RENAMED = Renamed(flags=sc.renamed_flags(sc.NODE))
 
 
 def serve(
@@ -44,7 +47,7 @@ def serve(
     rounds: Annotated[int | None, _opt(_S["rounds"])] = None,
     host: Annotated[str | None, _opt(_S["host"])] = None,
     port: Annotated[int | None, _opt(_S["port"])] = None,
-    certs: Annotated[Path | None, _opt(_S["certs"])] = None,
+    tls_certs: Annotated[Path | None, _opt(_S["tls_certs"])] = None,
     insecure: Annotated[bool | None, typer.Option("--insecure/--no-insecure", help=_S["insecure"])] = None,
     node_keys: Annotated[list[Path] | None, typer.Option("--node-key", help=_S["node_keys"])] = None,
     nodes: Annotated[int | None, _opt(_S["nodes"])] = None,
@@ -54,7 +57,7 @@ def serve(
     straggler_timeout: Annotated[float | None, _opt(_S["straggler_timeout"])] = None,
     outlier_factor: Annotated[float | None, _opt(_S["outlier_factor"])] = None,
     max_update_ratio: Annotated[float | None, _opt(_S["max_update_ratio"])] = None,
-    teacher_runtime: Annotated[str | None, _opt(_S["teacher_runtime"])] = None,
+    teacher_format: Annotated[str | None, _opt(_S["teacher_format"])] = None,
     dp_clip: Annotated[float | None, _opt(_S["dp_clip"])] = None,
     dp_noise: Annotated[float | None, _opt(_S["dp_noise"])] = None,
     dp_delta: Annotated[float | None, _opt(_S["dp_delta"])] = None,
@@ -77,15 +80,17 @@ def serve(
             )
         flags["method_config"] = file.path
     s = sc.resolve(sc.SERVER, flags, file)
-    tls = _server_tls(s.certs, s.insecure, s.node_keys)
-    node_key = _node_keys(s.node_keys, s.certs)
+    tls = _server_tls(s.tls_certs, s.insecure, s.node_keys)
+    node_key = _node_keys(s.node_keys, s.tls_certs)
     if not fp.port_free(s.host, s.port):
         raise SamfedError(
             f"Port {s.port} on {s.host} is in use (another samfed serve?); choose another --port."
         )
     out = s.out.expanduser().resolve()
     if s.auto_resume and _finished(out):
-        _out.print(f"the run in {out} has finished; nothing to do (a new run needs another --out)")
+        _out.print(
+            f"the run in {out} has finished; nothing to do (a new run needs another --out)", soft_wrap=True
+        )
         return
     resume = resume or (s.auto_resume and RunDir(out).config.is_file())
     cfg, resume = _prepare_run_dir(out, resume, lambda: _new_config(s, file), s.split)
@@ -145,7 +150,7 @@ def _node_keys(paths: list[Path] | None, certs: Path | None) -> list[Path]:
 
 
 def _server_tls(certs: Path | None, insecure: bool, node_key: list[Path] | None):
-    """The server's TLS files from --certs (None with --insecure); SamfedError on a bad setup,
+    """The server's TLS files from --tls-certs (None with --insecure); SamfedError on a bad setup,
     a warning when a certificate expires within a month."""
     from samfed.federation.tls import NEW_CA_HINT, TlsFiles, certificate_hosts, warn_if_expiring
 
@@ -154,7 +159,7 @@ def _server_tls(certs: Path | None, insecure: bool, node_key: list[Path] | None)
         tls = TlsFiles.in_folder(certs)
         missing = [p for p in (tls.ca_cert, tls.server_cert, tls.server_key) if not p.is_file()]
         if missing:
-            raise SamfedError(f"--certs {certs} lacks {', '.join(p.name for p in missing)}.")
+            raise SamfedError(f"--tls-certs {certs} lacks {', '.join(p.name for p in missing)}.")
         try:
             hosts = certificate_hosts(tls.server_cert)
         except ValueError:
@@ -168,9 +173,9 @@ def _server_tls(certs: Path | None, insecure: bool, node_key: list[Path] | None)
         warn_if_expiring(tls.ca_cert, f"CA certificate {tls.ca_cert}", hint=NEW_CA_HINT)
         warn_if_expiring(tls.server_cert, f"server certificate {tls.server_cert}")
     elif not insecure:
-        raise SamfedError("Pass --certs DIR for TLS, or --insecure for a trial on a trusted network.")
+        raise SamfedError("Pass --tls-certs DIR for TLS, or --insecure for a trial on a trusted network.")
     if node_key and tls is None:
-        raise SamfedError("Node authentication (--node-key) needs TLS (--certs).")
+        raise SamfedError("Node authentication (--node-key) needs TLS (--tls-certs).")
     return tls
 
 
@@ -316,10 +321,10 @@ def node(
     work_dir: Annotated[Path | None, _opt(_N["work_dir"])] = None,
     threads: Annotated[int | None, _opt(_N["threads"])] = None,
     memory_mb: Annotated[float | None, _opt(_N["memory_mb"])] = None,
-    ca: Annotated[Path | None, _opt(_N["ca"])] = None,
+    tls_ca: Annotated[Path | None, _opt(_N["tls_ca"])] = None,
     insecure: Annotated[bool | None, typer.Option("--insecure/--no-insecure", help=_N["insecure"])] = None,
     auth_key: Annotated[Path | None, _opt(_N["auth_key"])] = None,
-    teacher_backend: Annotated[str | None, _opt(_N["teacher_backend"])] = None,
+    teacher_variant: Annotated[str | None, _opt(_N["teacher_variant"])] = None,
     teacher_cache: Annotated[Path | None, _opt(_N["teacher_cache"])] = None,
     connect_timeout: Annotated[float | None, _opt(_N["connect_timeout"])] = None,
 ) -> None:
@@ -333,14 +338,14 @@ def node(
     s = sc.resolve(sc.NODE, flags, sc.load_node_file(config) if config else None)
     data, superlink, client_id, split = s.data, s.superlink, s.client_id, s.split
     ca, auth_key, threads, memory_mb, connect_timeout = (
-        s.ca,
+        s.tls_ca,
         s.auth_key,
         s.threads,
         s.memory_mb,
         s.connect_timeout,
     )
     if ca is None and not s.insecure:
-        raise SamfedError("Pass --ca CA.pem (TLS) or --insecure for a trial on a trusted network.")
+        raise SamfedError("Pass --tls-ca CA.pem (TLS) or --insecure for a trial on a trusted network.")
     server_host, server_port = fp.split_address(superlink)
     if ca is not None:
         T.warn_if_expiring(ca, f"CA certificate {ca}", hint=T.NODE_CA_HINT)
@@ -362,7 +367,7 @@ def node(
         "partition-id": client_id,
         "work-dir": str(work),
         "name": s.name or f"client-{client_id}",
-        "teacher-backend": s.teacher_backend,
+        "teacher-backend": s.teacher_variant,  # client_app's key
     }
     if split is not None:
         node_config["split"] = str(split.expanduser().resolve())

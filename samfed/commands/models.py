@@ -6,10 +6,14 @@ from typing import Annotated
 
 import typer
 
+from samfed.commands.renamed import Renamed
+
+RENAMED = Renamed(flags={"--size": "--image-size"})
+
 
 def list_models(
     size: Annotated[
-        int, typer.Option("--size", help="Square input size for the GFLOPs column (multiple of 16).")
+        int, typer.Option("--image-size", help="Square input size for the GFLOPs column (multiple of 16).")
     ] = 256,
 ) -> None:
     """List the student architectures: parameters, GFLOPs, norms, and the pretrained weights'
@@ -20,7 +24,7 @@ def list_models(
     from samfed.errors import SamfedError
 
     if size <= 0 or size % 16:
-        raise SamfedError(f"--size must be a positive multiple of 16, got {size}.")
+        raise SamfedError(f"--image-size must be a positive multiple of 16, got {size}.")
 
     import torch
 

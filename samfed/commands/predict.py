@@ -7,6 +7,16 @@ from typing import Annotated
 
 import typer
 
+from samfed.commands.renamed import Renamed
+
+# `--model-precision`, shared by every verb that loads an export (predict, view)
+ModelPrecision = Annotated[
+    str,
+    typer.Option(
+        "--model-precision", help="Exported model to run: auto (the manifest's recommendation), int8 or fp32."
+    ),
+]
+
 # `--trusted-key`, shared by every verb that loads an export (predict, view)
 TrustedKeys = Annotated[
     list[str] | None,
@@ -18,6 +28,9 @@ TrustedKeys = Annotated[
 ]
 
 
+RENAMED = Renamed(flags={"--batch": "--batch-size", "--precision": "--model-precision"})
+
+
 def predict(
     model: Annotated[
         Path, typer.Argument(help="Export folder with manifest.json (from `samfed export`), or a .onnx file.")
@@ -27,10 +40,8 @@ def predict(
         Path, typer.Option("--out", help="Output folder for masks/, overlays/ and predictions.csv.")
     ],
     backend: Annotated[str, typer.Option("--backend", help="auto, onnxruntime or openvino.")] = "auto",
-    precision: Annotated[
-        str, typer.Option("--precision", help="auto (the manifest's recommendation), int8 or fp32.")
-    ] = "auto",
-    batch: Annotated[int, typer.Option("--batch", help="Images per model call.")] = 8,
+    model_precision: ModelPrecision = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per model call.")] = 8,
     threads: Annotated[
         int | None, typer.Option("--threads", help="Inference threads (default: all usable CPUs).")
     ] = None,
@@ -71,15 +82,17 @@ def predict(
     from samfed.errors import SamfedError
 
     console, err = Console(), Console(stderr=True)
-    if batch < 1 or workers < 1 or (threads is not None and threads < 1):
-        raise SamfedError("--batch, --workers and --threads must be at least 1.")
+    if batch_size < 1 or workers < 1 or (threads is not None and threads < 1):
+        raise SamfedError("--batch-size, --workers and --threads must be at least 1.")
     if overwrite and resume:
         raise SamfedError("--overwrite and --resume exclude each other: choose one.")
     mode = "overwrite" if overwrite else "resume" if resume else "new"
     check_output(out, mode)  # before any model is loaded
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        predictor = Predictor.from_model(model, backend, precision, threads, batch, trusted_key or ())
+        predictor = Predictor.from_model(
+            model, backend, model_precision, threads, batch_size, trusted_key or ()
+        )
     for w in caught:
         err.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     man = predictor.manifest
@@ -96,7 +109,7 @@ def predict(
         raise SamfedError(f"No images ({', '.join(IMAGE_EXTS)}) found in {', '.join(map(str, images))}.")
     console.print(
         f"{len(paths)} images, model [bold]{predictor.artefact}[/] on {predictor.session.backend} "
-        f"({predictor.session.threads} threads, batch {batch}, {predictor.prep.size}px)"
+        f"({predictor.session.threads} threads, batch {batch_size}, {predictor.prep.size}px)"
     )
     progress = Progress(
         TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
@@ -124,7 +137,7 @@ def predict(
         "backend": predictor.session.backend,
         "signer": man.signer if man is not None else None,
         "threads": predictor.session.threads,
-        "batch": batch,
+        "batch": batch_size,
     }
     write_summary(out, summary)
     kept = f", {report.resumed} kept from the interrupted run" if report.resumed else ""

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 
 import typer
 
+from samfed.commands.choices import names_of
+from samfed.commands.renamed import Renamed
 from samfed.errors import SamfedError
 
 app = typer.Typer(help="Fine-tune, inspect and export the SAM teacher.", no_args_is_help=True)
 
 
-class Mode(StrEnum):
-    lora = "lora"
-    decoder = "decoder"
-
-
-class Prompt(StrEnum):
-    none = "none"
-    full_box = "full-box"
-    global_box = "global-box"
+MODES = names_of("samfed.teacher.finetune", "MODES")
+PROMPTS = names_of("samfed.teacher.prompts", "PROMPT_MODES")
+EXPORT_RENAMED = Renamed(flags={"--latency-iters": "--iters"})
 
 
 def _blocks(text: str | None) -> tuple[int, ...] | None:
@@ -53,10 +48,12 @@ def finetune(
         0.1,
         help="Without --split: fraction of the training pool that is server-labeled (samfed's make_split).",
     ),
-    mode: Mode = typer.Option(
-        Mode.lora, help="lora: LoRA on q,v + mask decoder; decoder: mask decoder only."
+    mode: str = typer.Option(
+        "lora", help="lora: LoRA on q,v + mask decoder; decoder: mask decoder only.", click_type=MODES
     ),
-    prompt: Prompt | None = typer.Option(None, help="Prompt mode to train for (default: the teacher's)."),
+    prompt: str | None = typer.Option(
+        None, help="Prompt mode to train for (default: the teacher's).", click_type=PROMPTS
+    ),
     backbone: str = typer.Option("litemedsam", help="litemedsam | sam-vit-b|l|h | a saved teacher folder."),
     checkpoint: Path | None = typer.Option(None, help="Base weights file (required for sam-vit-*)."),
     epochs: int = typer.Option(20, min=1, help="Epochs of the main stage (LoRA stage for --mode lora)."),
@@ -107,10 +104,9 @@ def finetune(
     try:
         lora = LoraConfig(rank=lora_rank, blocks=_blocks(lora_blocks))
         result = finetune_teacher(
-            teacher, images, masks, val_images, val_masks, mode=mode.value,
-            prompt=None if prompt is None else prompt.value, epochs=epochs, lr=lr, lora_lr=lora_lr,
-            patience=patience, seed=seed, batch_size=batch_size, lora=lora,
-            decoder_warmup_epochs=decoder_epochs if mode == Mode.lora else 0, log=console.print,
+            teacher, images, masks, val_images, val_masks, mode=mode, prompt=prompt, epochs=epochs, lr=lr,
+            lora_lr=lora_lr, patience=patience, seed=seed, batch_size=batch_size, lora=lora,
+            decoder_warmup_epochs=decoder_epochs if mode == "lora" else 0, log=console.print,
         )  # fmt: skip
     except ValueError as exc:
         raise SamfedError(f"Cannot fine-tune the teacher: {exc}.") from None
@@ -125,15 +121,15 @@ def finetune(
     )
 
 
-@app.command()
+@app.command(cls=EXPORT_RENAMED.command())
 def export(
     teacher_name: str = typer.Argument(
         "litemedsam", metavar="DIR_OR_NAME", help="A fine-tuned teacher folder or a backbone name."
     ),
     out: Path = typer.Option(..., "--out", help="Folder for the exported variants and teacher_onnx.json."),
     checkpoint: Path | None = typer.Option(None, help="Base weights file (sam-vit-*)."),
-    prompt: Prompt | None = typer.Option(
-        None, help="Prompt mode recorded for the runtime (default: teacher's)."
+    prompt: str | None = typer.Option(
+        None, help="Prompt mode recorded for the runtime (default: teacher's).", click_type=PROMPTS
     ),
     data: Path | None = typer.Option(
         None,
@@ -147,7 +143,7 @@ def export(
     parity_images: int = typer.Option(16, min=1, help="Images for the torch vs variant parity check."),
     openvino: bool = typer.Option(True, help="Also the OpenVINO variants (FP32, bf16, INT8)."),
     int8: bool = typer.Option(True, help="Also the OpenVINO INT8 variant (NNCF)."),
-    latency_iters: int = typer.Option(3, min=1, help="Interleaved timing rounds per variant."),
+    iters: int = typer.Option(3, "--iters", min=1, help="Interleaved timing rounds per variant."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads (torch and the runtimes)."),
 ) -> None:
     """Export the (LoRA-merged) teacher in every variant, check each against torch, recommend one."""
@@ -159,12 +155,12 @@ def export(
     console = Console()
     check_out_dir(out)
     _threads(threads)
-    teacher = load_teacher(teacher_name, checkpoint, None if prompt is None else prompt.value)
+    teacher = load_teacher(teacher_name, checkpoint, prompt)
     sets, source = export_images(teacher, data, split, calib_images, parity_images)
     console.print(f"calibration: {len(sets.calib)} images, parity: {len(sets.parity)} images ({source})")
     manifest = export_teacher(
         teacher, out, parity_images=sets.parity, openvino=openvino, calib_images=sets.calib, int8=int8,
-        parity_masks=sets.masks, threads=threads, latency_iters=latency_iters, log=console.print,
+        parity_masks=sets.masks, threads=threads, latency_iters=iters, log=console.print,
     )  # fmt: skip
     console.print(parity_table(manifest))
     for note in manifest.get("warnings", []):
@@ -278,7 +274,9 @@ def info(
         "litemedsam", metavar="DIR_OR_NAME", help="A fine-tuned teacher folder or a backbone name."
     ),
     checkpoint: Path | None = typer.Option(None, help="Base weights file (sam-vit-*)."),
-    mode: Mode = typer.Option(Mode.lora, help="Count trainable parameters as this fine-tuning mode would."),
+    mode: str = typer.Option(
+        "lora", help="Count trainable parameters as this fine-tuning mode would.", click_type=MODES
+    ),
     lora_rank: int = typer.Option(4, min=1, help="LoRA rank (when the teacher has no LoRA yet)."),
 ) -> None:
     """Show the teacher's trainable vs frozen parameter counts, prompt mode and hash."""
@@ -299,9 +297,7 @@ def info(
         console.print(
             f"fine-tuned ({ft.get('mode')}): best val Dice {ft.get('best_val_dice', float('nan')):.4f}"
         )
-    if mode == Mode.lora and not has_lora(teacher.sam):
+    if mode == "lora" and not has_lora(teacher.sam):
         add_lora(teacher.sam.image_encoder, LoraConfig(rank=lora_rank))
-    set_trainable(teacher, mode.value)
-    print_parameter_counts(
-        parameter_counts(teacher.sam), title=f"{teacher.name} parameters ({mode.value} mode)"
-    )
+    set_trainable(teacher, mode)
+    print_parameter_counts(parameter_counts(teacher.sam), title=f"{teacher.name} parameters ({mode} mode)")

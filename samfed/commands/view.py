@@ -10,10 +10,12 @@ from typing import Annotated
 
 import typer
 
-from samfed.commands.predict import TrustedKeys
+from samfed.commands.predict import ModelPrecision, TrustedKeys
+from samfed.commands.renamed import Renamed
 from samfed.errors import SamfedError
 
 LOOPBACK_HOSTNAMES = ("localhost",)
+RENAMED = Renamed(flags={"--precision": "--model-precision"})
 
 
 def is_loopback(host: str) -> bool:
@@ -72,9 +74,7 @@ def view(
         Path | None, typer.Option("--folder", help="A `samfed predict --out` folder to browse as a gallery.")
     ] = None,
     backend: Annotated[str, typer.Option("--backend", help="auto, onnxruntime or openvino.")] = "auto",
-    precision: Annotated[
-        str, typer.Option("--precision", help="auto (the manifest's recommendation), int8 or fp32.")
-    ] = "auto",
+    model_precision: ModelPrecision = "auto",
     threads: Annotated[
         int | None, typer.Option("--threads", help="Inference threads (default: all usable CPUs).")
     ] = None,
@@ -114,7 +114,7 @@ def view(
     gallery = open_gallery(folder) if folder is not None else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        predictor = Predictor.from_model(model, backend, precision, threads, 1, trusted_key or ())
+        predictor = Predictor.from_model(model, backend, model_precision, threads, 1, trusted_key or ())
     for w in caught:
         err.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     man = predictor.manifest

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from samfed.config import CLI, Rule, RunConfig, _checked
+from samfed.config import CLI, Rule, RunConfig, _checked, registry
 from samfed.errors import SamfedError
 from samfed.federation.options import ServerOptions
 
@@ -46,6 +46,7 @@ class Setting:
     many: bool = False  # a list of paths (a file may give one string)
     required: bool = False
     flag: str = ""  # the command-line flag, when not --name
+    old: str = ""  # the name before this release: still read from files and as a flag, with a warning
 
     @property
     def option(self) -> str:
@@ -70,18 +71,11 @@ def _round_default(name: str) -> Any:
     return next(f.default for f in fields(ServerOptions) if f.name == name)
 
 
-TEACHER_RUNTIMES = ("onnx", "torch")
-TEACHER_BACKENDS = (
-    "auto",
-    "onnx-fp32",
-    "openvino-fp32",
-    "openvino-bf16",
-    "openvino-int8",
-    "onnxruntime",
-    "openvino",
-)  # edge.teacher_runtime.CHOICES
+TEACHER_FORMATS = ("onnx", "torch")  # ServerOptions.teacher_runtime
+TEACHER_VARIANTS = registry("edge.teacher_runtime", "CHOICES")  # read when a value is checked
 
-# `nodes` is ServerOptions.num_nodes; every other round setting has ServerOptions' name
+# `nodes` is ServerOptions.num_nodes and `teacher_format` its teacher_runtime; every other round
+# setting has ServerOptions' name
 ROUND_SETTINGS = {
     "nodes": "num_nodes",
     **{
@@ -93,12 +87,12 @@ ROUND_SETTINGS = {
             "straggler_timeout",
             "outlier_factor",
             "max_update_ratio",
-            "teacher_runtime",
             "dp_clip",
             "dp_noise",
             "dp_delta",
         )
     },
+    "teacher_format": "teacher_runtime",
 }
 
 SERVER = _table(
@@ -132,11 +126,12 @@ SERVER = _table(
         Rule(ge=1, le=65535),
     ),
     Setting(
-        "certs",
+        "tls_certs",
         Path,
         None,
         "Folder with ca.pem, server.pem, server.key (TLS, `samfed certs init`); the cert lists 127.0.0.1.",
         exists="dir",
+        old="certs",
     ),
     Setting("insecure", bool, False, "Run without TLS (trials on a trusted network only)."),
     Setting(
@@ -199,11 +194,12 @@ SERVER = _table(
         Rule(ge=0),
     ),
     Setting(
-        "teacher_runtime",
+        "teacher_format",
         str,
         _round_default("teacher_runtime"),
-        "Teacher on the nodes: onnx (exported, torch-free) or torch.",
-        Rule(choices=TEACHER_RUNTIMES),
+        "What teacher the nodes get: onnx (exported variants, run torch-free) or torch (the checkpoint).",
+        Rule(choices=TEACHER_FORMATS),
+        old="teacher_runtime",
     ),
     Setting(
         "dp_clip",
@@ -261,7 +257,12 @@ NODE = _table(
         "memory_mb", float, None, "Training memory budget in MB (default: half the free memory).", Rule(gt=0)
     ),
     Setting(
-        "ca", Path, None, "CA certificate (PEM) that signed the server's TLS certificate.", exists="file"
+        "tls_ca",
+        Path,
+        None,
+        "CA certificate (PEM) that signed the server's TLS certificate.",
+        exists="file",
+        old="ca",
     ),
     Setting("insecure", bool, False, "Connect without TLS (trials on a trusted network only)."),
     Setting(
@@ -272,12 +273,13 @@ NODE = _table(
         exists="file",
     ),
     Setting(
-        "teacher_backend",
+        "teacher_variant",
         str,
         "auto",
-        "Variant of an exported teacher: auto (the export's recommendation), onnx-fp32, openvino-fp32, "
-        "openvino-bf16 or openvino-int8 (onnxruntime / openvino: their FP32 variants).",
-        Rule(choices=TEACHER_BACKENDS),
+        "Runtime and precision of the exported teacher here: auto (the export's recommendation), "
+        "onnx-fp32, openvino-fp32, openvino-bf16 or openvino-int8 (onnxruntime / openvino: their FP32).",
+        Rule(choices=TEACHER_VARIANTS),
+        old="teacher_backend",
     ),
     Setting(
         "teacher_cache", Path, None, "Folder of teacher maps kept between runs (default: inside --work-dir)."
@@ -295,6 +297,11 @@ NODE = _table(
 def helps(settings: dict[str, Setting]) -> dict[str, str]:
     """{name: help text with its default} for the command's flags."""
     return {name: s.help_text for name, s in settings.items()}
+
+
+def renamed_flags(settings: dict[str, Setting]) -> dict[str, str]:
+    """{old flag: new flag} of the settings renamed in this release."""
+    return {"--" + s.old.replace("_", "-"): s.option for s in settings.values() if s.old}
 
 
 # ---- files ---------------------------------------------------------------------------------------
@@ -320,6 +327,23 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise SamfedError(f"The {what} {path} is not valid TOML ({exc}).") from None
     except OSError as exc:
         raise SamfedError(f"Cannot read the {what} {path} ({exc.strerror or exc}).") from None
+
+
+def current_keys(raw: dict[str, Any], settings: dict[str, Setting], path: Path) -> dict[str, Any]:
+    """Table `raw` with each setting's old key under its new name (a ConfigWarning each);
+    SamfedError when a file gives both."""
+    out = dict(raw)
+    for s in settings.values():
+        if s.old and s.old in out:
+            if s.name in out:
+                raise SamfedError(f"{path} has both {s.old} and {s.name} (its new name); keep {s.name}.")
+            warnings.warn(
+                f"{path}: setting {s.old} is deprecated; use {s.name} (removed in the next release).",
+                ConfigWarning,
+                stacklevel=3,
+            )
+            out[s.name] = out.pop(s.old)
+    return out
 
 
 def _unknown(keys: list[str], known: list[str], path: Path, what: str) -> None:
@@ -353,7 +377,8 @@ def parse_settings(
 def load_node_file(path: Path) -> SettingsFile:
     """The node file `path` (see docs/node.example.toml), checked."""
     path = Path(path).expanduser()
-    return SettingsFile(path, parse_settings(read_toml(path, "node file"), NODE, path, "node"))
+    raw = current_keys(read_toml(path, "node file"), NODE, path)
+    return SettingsFile(path, parse_settings(raw, NODE, path, "node"))
 
 
 def load_server_file(path: Path) -> SettingsFile:
@@ -361,7 +386,7 @@ def load_server_file(path: Path) -> SettingsFile:
     top, method settings in [method] (RunConfig's validation) or in the method_config file. A file
     of method settings only is the deprecated `serve --config` meaning and comes back `legacy`."""
     path = Path(path).expanduser()
-    raw = read_toml(path, "server file")
+    raw = current_keys(read_toml(path, "server file"), SERVER, path)
     table = raw.pop("method", None)
     run_fields = {f.name for f in fields(RunConfig)}
     if table is not None and not isinstance(table, dict):  # `method = "fixmatch"`: RunConfig's field

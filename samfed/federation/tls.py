@@ -2,7 +2,7 @@
 
 A certificate folder (`samfed certs init DIR`) holds:
 
-    ca.pem       the federation's CA certificate: every node gets a copy (`--ca`)
+    ca.pem       the federation's CA certificate: every node gets a copy (`--tls-ca`)
     ca.key       the CA's private key (0600): kept, so the server certificate can be renewed or
                  re-issued for another host name without touching the nodes' ca.pem
     server.pem   the SuperLink/gateway certificate, signed by the CA, naming the hosts nodes dial

@@ -133,7 +133,7 @@ def test_server_and_node_files_round_trip_and_flags_override(tmp_path):
         "clients": 2,
         "rounds": 3,
         "port": 9200,
-        "certs": "etc/certs",
+        "tls_certs": "etc/certs",
         "node_keys": "etc/certs/nodes",
         "straggler_timeout": 12,
         "method": {"image_size": 64, "students": ["unet-s"], "rounds": 9},
@@ -148,7 +148,8 @@ def test_server_and_node_files_round_trip_and_flags_override(tmp_path):
     s = sc.resolve(sc.SERVER, {"port": 9300, "rounds": 5, "node_keys": []}, file)
     assert s.port == 9300 and s.origin["port"] == "--port"  # flag over file
     assert s.host == "0.0.0.0" and s.origin["host"] == "default"
-    assert s.certs == certs and s.straggler_timeout == 12.0 and s.origin["certs"].startswith(str(path))
+    assert s.tls_certs == certs and s.straggler_timeout == 12.0
+    assert s.origin["tls_certs"].startswith(str(path))
     assert s.round_timeout == ServerOptions().round_timeout
     from samfed.commands.federation import _new_config
 
@@ -167,7 +168,7 @@ def test_server_and_node_files_round_trip_and_flags_override(tmp_path):
     n = sc.resolve(sc.NODE, {"threads": 3, "name": "hospital-b"}, sc.load_node_file(node_path))
     assert (n.superlink, n.client_id, n.threads, n.name) == ("server.example.org:9092", 1, 3, "hospital-b")
     assert n.data == tmp_path / "data" and n.connect_timeout == sc.NODE["connect_timeout"].default
-    assert n.teacher_backend == "auto"
+    assert n.teacher_variant == "auto"
 
 
 def _write(tmp_path: Path, text: str, name: str = "server.toml") -> Path:
@@ -183,7 +184,7 @@ def _write(tmp_path: Path, text: str, name: str = "server.toml") -> Path:
         ('port = "9092"', "setting port must be an integer >= 1 and <= 65535"),
         ("port = 70000", "setting port must be an integer >= 1 and <= 65535"),
         ("connect_timeout = -1", "setting connect_timeout must be a number > 0"),
-        ('teacher_runtime = "gpu"', "unknown teacher_runtime 'gpu'; choose one of: onnx, torch"),
+        ('teacher_format = "gpu"', "unknown teacher_format 'gpu'; choose one of: onnx, torch"),
         ("insecure = 1", "setting insecure must be true or false"),
         ('node_keys = ["a.pub", 3]', "setting node_keys must be a non-empty list"),
         ('host = "0.0.0.0"\nimage_size = 64', "image_size is a method setting; put it under [method]"),
@@ -207,7 +208,8 @@ def test_node_file_refuses_bad_input_and_missing_paths(tmp_path):
         sc.load_node_file(_write(tmp_path, 'superlnk = "a:1"', "node.toml"))
     with pytest.raises(SamfedError, match="setting threads must be an integer >= 1"):
         sc.load_node_file(_write(tmp_path, "threads = 0", "node.toml"))
-    path = _write(tmp_path, 'data = "images"\nsuperlink = "a:1"\nclient_id = 0\nca = "ca.pem"', "node.toml")
+    node_text = 'data = "images"\nsuperlink = "a:1"\nclient_id = 0\ntls_ca = "ca.pem"'
+    path = _write(tmp_path, node_text, "node.toml")
     with pytest.raises(SamfedError) as err:
         sc.resolve(sc.NODE, {}, sc.load_node_file(path))
     assert str(err.value) == f"{path} setting data: {tmp_path / 'images'} does not exist (expected a folder)."
@@ -216,8 +218,8 @@ def test_node_file_refuses_bad_input_and_missing_paths(tmp_path):
         sc.resolve(sc.NODE, {}, sc.load_node_file(path))
     # a flag fixes what the file gets wrong; a missing required setting names flag and file
     (tmp_path / "real-ca.pem").write_text("x")
-    s = sc.resolve(sc.NODE, {"ca": tmp_path / "real-ca.pem"}, sc.load_node_file(path))
-    assert s.ca == tmp_path / "real-ca.pem"
+    s = sc.resolve(sc.NODE, {"tls_ca": tmp_path / "real-ca.pem"}, sc.load_node_file(path))
+    assert s.tls_ca == tmp_path / "real-ca.pem"
     with pytest.raises(SamfedError, match=r"Pass --client-id \(or set client_id in the --config file\)"):
         sc.resolve(sc.NODE, {"data": tmp_path, "superlink": "a:1"}, None)
     with pytest.raises(SamfedError, match="--client-id must be an integer >= 0"):
@@ -387,7 +389,7 @@ def test_serve_and_node_warn_in_one_yellow_line_and_refuse_expired_certificates(
         busy.listen()
         port = busy.getsockname()[1]
         res = _cli(
-            "serve", "--out", str(tmp_path / "a"), "--data", str(data), "--certs",
+            "serve", "--out", str(tmp_path / "a"), "--data", str(data), "--tls-certs",
             str(soon.ca_cert.parent), "--host", "127.0.0.1", "--port", str(port),
         )  # fmt: skip
     warnings = [x for x in res.stderr.splitlines() if x.startswith("warning:")]
@@ -395,15 +397,17 @@ def test_serve_and_node_warn_in_one_yellow_line_and_refuse_expired_certificates(
     assert "in use" in res.stderr and res.returncode == 1
 
     old = _expired(tmp_path / "old")
-    res = _cli("serve", "--out", str(tmp_path / "b"), "--data", str(data), "--certs", str(old.ca_cert.parent))
+    res = _cli(
+        "serve", "--out", str(tmp_path / "b"), "--data", str(data), "--tls-certs", str(old.ca_cert.parent)
+    )
     assert res.returncode == 1 and "expired on" in _one_line(res.stderr)
     node = ["node", "--data", str(data), "--superlink", f"127.0.0.1:{fp.free_port()}", "--client-id", "0"]
-    res = _cli(*node, "--ca", str(old.ca_cert))
+    res = _cli(*node, "--tls-ca", str(old.ca_cert))
     assert (
         res.returncode == 1 and "The CA certificate" in _one_line(res.stderr) and "expired on" in res.stderr
     )
     short_ca = T.make_certificates(tmp_path / "short-ca", days=5, ca_days=5).ca_cert
-    res = _cli(*node, "--ca", str(short_ca), "--connect-timeout", "1", "--work-dir", str(tmp_path / "w"))
+    res = _cli(*node, "--tls-ca", str(short_ca), "--connect-timeout", "1", "--work-dir", str(tmp_path / "w"))
     warnings = [x for x in res.stderr.splitlines() if x.startswith("warning:")]
     assert len(warnings) == 1 and "the CA certificate" in warnings[0] and "new ca.pem" in warnings[0]
     assert res.returncode == 1 and "Cannot reach the server" in res.stderr  # the start went on
@@ -551,14 +555,14 @@ def test_certs_and_settings_files_run_a_tls_and_node_auth_federation(tmp_path):
         assert res.returncode == 0, res.stderr
     port = fp.free_port("127.0.0.1")
     server_doc = {
-        "out": "server", "split": "split.json", "host": "127.0.0.1", "port": 1, "certs": "certs",
-        "node_keys": "certs/nodes", "connect_timeout": 300, "teacher_runtime": "torch",
+        "out": "server", "split": "split.json", "host": "127.0.0.1", "port": 1, "tls_certs": "certs",
+        "node_keys": "certs/nodes", "connect_timeout": 300, "teacher_format": "torch",
         "method": {k: v for k, v in method.to_dict().items() if v is not None},
     }  # fmt: skip
     node_doc = {
         "superlink": f"127.0.0.1:{port}", "client_id": 0, "name": "clinic-0", "data": "data",
         "split": "split.json", "work_dir": "node-0", "threads": 1, "connect_timeout": 10,
-        "ca": "certs/outgoing/clinic-0/ca.pem", "auth_key": "certs/outgoing/clinic-0/clinic-0.key",
+        "tls_ca": "certs/outgoing/clinic-0/ca.pem", "auth_key": "certs/outgoing/clinic-0/clinic-0.key",
     }  # fmt: skip
     (tmp_path / "server.toml").write_text(tomli_w.dumps(server_doc))
     (tmp_path / "node.toml").write_text(tomli_w.dumps(node_doc))

@@ -5,7 +5,10 @@
 
 Per seed the split (make_split with the seed) and the teacher (LiteMedSAM fine-tuned on D_p once,
 saved under OUT/teachers/seed<k>/teacher) are shared by every row; teacher maps and encoder
-embeddings are cached in --cache and shared by all rows and seeds. Every row is one
+embeddings are cached in --cache and shared by all rows and seeds. On a CPU the maps come from the
+seed teacher's recommended exported variant (the fastest of ONNX Runtime / OpenVINO FP32, bf16,
+INT8 whose masks match torch's; exported once into OUT/teachers/seed<k>/exports);
+``--teacher-runtime torch`` keeps the torch teacher. Every row is one
 `samfed.train.runner.train` run in OUT/runs/seed<k>/<row>/; finished rows are skipped and
 interrupted ones resumed, so the benchmark can be stopped and restarted. Writes OUT/accuracy.md,
 OUT/accuracy.json and OUT/accuracy.png (validation Dice, mean and std over seeds).
@@ -165,8 +168,9 @@ def row_config(args, row: str, seed: int):
 def ensure_teacher(args, seed: int, say) -> str:
     """Fine-tune the teacher on this seed's D_p once; returns the saved teacher folder."""
     from samfed.data.readers import load_dataset
+    from samfed.engine.data import new_split
+    from samfed.engine.teacher import prepare_teacher
     from samfed.train.run_dir import RunDir
-    from samfed.train.runner import new_split, prepare_teacher
 
     run = RunDir(args.out / "teachers" / f"seed{seed}")
     if (run.teacher / "teacher.json").is_file():
@@ -179,6 +183,33 @@ def ensure_teacher(args, seed: int, say) -> str:
     _, info = prepare_teacher(cfg, run, dataset, split, say)
     run.write_json(run.root / "teacher_info.json", info)
     return str(run.teacher)
+
+
+def maps_teacher(args, seed: int, teacher_dir: str, say):
+    """The teacher whose maps the rows of `seed` use: the recommended exported variant of the
+    seed's teacher (exported once into OUT/teachers/seed<k>/exports, INT8 calibrated on D_p), or
+    None for the torch teacher (--teacher-runtime torch, auto on a GPU, or no variant matching torch)."""
+    from samfed.method.device import resolve_device
+
+    if args.teacher_runtime == "torch" or (
+        args.teacher_runtime == "auto" and resolve_device(args.device).type != "cpu"
+    ):
+        return None
+    from samfed.data.partition import Split
+    from samfed.data.readers import load_dataset
+    from samfed.teacher import load_teacher
+    from samfed.teacher.export import labeled_images, runtime_teacher
+    from samfed.train.run_dir import RunDir
+
+    root = args.out / "teachers" / f"seed{seed}"
+    teacher = load_teacher(teacher_dir)
+
+    def images():
+        labeled = Split.load(RunDir(root).split).server_labeled
+        return labeled_images(load_dataset(args.data), labeled, teacher.input, seed=seed)
+
+    rt = runtime_teacher(teacher, root / "exports", images, threads=args.threads, log=say)
+    return None if rt is teacher else rt
 
 
 def check_rows(args, rows: list[str], seed: int) -> None:
@@ -269,7 +300,9 @@ def run_row(args, row: str, seed: int, teacher_dir: str | None, say) -> dict:
 
         shutil.rmtree(out.root)  # started but never finished a round: start again
     say(f"--- seed {seed} row {row} -> {out.root}{' (resuming)' if resume else ''}")
-    return train(cfg, out.root, resume=resume, progress=args.verbose).summary
+    uses_teacher = teacher_dir and method_spec(cfg.method).needs_teacher
+    teacher = maps_teacher(args, seed, teacher_dir, say) if uses_teacher else None
+    return train(cfg, out.root, resume=resume, progress=args.verbose, teacher=teacher).summary
 
 
 def _job_init(threads: int | None) -> None:
@@ -283,8 +316,9 @@ def ensure_init(args, seed: int) -> None:
     """Train the seed's initial global model into the shared cache once, so that rows running in
     parallel share it (GPU training is not bit-deterministic: separate inits would differ)."""
     from samfed.data.readers import load_dataset
+    from samfed.engine.data import load_sets, new_split
+    from samfed.engine.models import cached_init_global, new_model
     from samfed.train.run_dir import RunDir
-    from samfed.train.runner import cached_init_global, load_sets, new_model, new_split
 
     cfg = row_config(args, "supervised", seed)
     dataset = load_dataset(cfg.data)
@@ -506,6 +540,12 @@ def parser() -> argparse.ArgumentParser:
         "RunConfig default",
     )
     p.add_argument("--teacher-mode", default="decoder", choices=["decoder", "lora", "none"])
+    p.add_argument(
+        "--teacher-runtime",
+        default="auto",
+        choices=["auto", "exported", "torch"],
+        help="teacher maps from the recommended exported variant (exported; auto: on CPU only) or torch",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench_out" / "accuracy")
     p.add_argument(
         "--cache", type=Path, default=ROOT / "runs" / "bench-cache", help="teacher maps + embeddings"

@@ -36,13 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     from samfed.config import RunConfig
     from samfed.data.partition import Split
     from samfed.data.readers import load_dataset
+    from samfed.engine.data import split_arrays
+    from samfed.engine.teacher import compute_maps
     from samfed.method.agreement import AGREEMENTS, agreement
     from samfed.method.arrays import predict_proba
     from samfed.metrics import dice_batch
     from samfed.preprocess import Preprocessing
     from samfed.teacher import load_teacher
     from samfed.train.run_dir import RunDir
-    from samfed.train.runner import compute_maps, split_arrays
 
     torch.set_num_threads(args.threads)
     run = RunDir(args.run)

@@ -28,18 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from samfed.config import RunConfig  # noqa: E402
+from samfed.engine.checks import auto_threads  # noqa: E402
+from samfed.engine.data import load_sets, prepare_dataset  # noqa: E402
+from samfed.engine.models import cached_init_global, new_model  # noqa: E402
+from samfed.engine.teacher import compute_maps, prepare_teacher  # noqa: E402
 from samfed.preprocess import Preprocessing  # noqa: E402
 from samfed.train.evaluation import evaluate_arrays, map_dice  # noqa: E402
 from samfed.train.run_dir import RunDir  # noqa: E402
-from samfed.train.runner import (  # noqa: E402
-    auto_threads,
-    cached_init_global,
-    compute_maps,
-    load_sets,
-    new_model,
-    prepare_dataset,
-    prepare_teacher,
-)
 
 
 def log(msg: str) -> None:

@@ -105,7 +105,7 @@ class RunConfig:
     """Every setting of a training run (docs/method.md gives each default and why)."""
 
     # data and split
-    data: str | None = setting(None)  # dataset folder; None -> built-in synthetic set
+    data: str | None = setting(None, machine=True)  # dataset folder; None -> built-in synthetic set
     synthetic_domain: str = setting("polyp", choices=registry("samfed.data.synth", "DOMAINS"))
     synthetic_n: int = setting(72, ge=8, le=100_000)
     clients: int = setting(3, ge=1, le=1000)
@@ -114,7 +114,8 @@ class RunConfig:
     dirichlet_alpha: float = setting(0.5, gt=0)
     val_fraction: float = setting(0.15, ge=0, lt=1)  # used only when the dataset has no val split
     test_fraction: float = setting(0.0, ge=0, lt=1)
-    split: str | None = setting(None)  # split file (`samfed data split`); None -> made from the above
+    # split file (`samfed data split`); None -> made from the above
+    split: str | None = setting(None, machine=True)
     image_size: int = setting(128, ge=32, le=4096, step=16)
     # method
     method: str = setting("samfed", choices=registry("samfed.method.methods", "METHODS"))
@@ -137,7 +138,7 @@ class RunConfig:
     weak_aug: bool = setting(True)
     # teacher
     teacher: str = setting("litemedsam")  # backbone name or fine-tuned teacher folder
-    teacher_checkpoint: str | None = setting(None)
+    teacher_checkpoint: str | None = setting(None, machine=True)
     # decoder | lora | none (pretrained, not fine-tuned)
     teacher_mode: str = setting("decoder", choices=registry("samfed.teacher.finetune", "MODES", "none"))
     # None -> the teacher's default
@@ -155,6 +156,11 @@ class RunConfig:
     warmup_epochs: int = setting(10, ge=0, le=10_000)  # client warm-up on D_p (heterogeneous students only)
     distill_epochs: int = setting(5, ge=1, le=10_000)  # server ensemble distillation per round
     batch_size: int = setting(8, ge=1, le=4096)
+    # client-level differential privacy (aggregation dp-fedavg): update clip norm C (0: off), noise
+    # multiplier sigma (noise std sigma * C on the sum), delta of the reported (epsilon, delta)
+    dp_clip: float = setting(0.0, ge=0, le=1e6)
+    dp_noise: float = setting(0.0, ge=0, le=1e6)
+    dp_delta: float = setting(1e-5, gt=0, lt=1)
     lr: float = setting(1e-3, gt=0, le=1)
     weight_decay: float = setting(1e-4, ge=0, le=1)
     # "bf16": bfloat16 autocast + channels-last
@@ -185,12 +191,27 @@ class RunConfig:
     def aggregation_rule(self) -> str:
         if self.aggregation != "auto":
             return self.aggregation
+        if self.dp_clip > 0:
+            return "dp-fedavg"
         return "distill" if self.heterogeneous else "fedavg"
+
+    @property
+    def clients_keep_weights(self) -> bool:
+        """Whether clients keep their own weights between rounds (ensemble distillation), rather
+        than starting every round from the global model (FedAvg, DP-FedAvg)."""
+        return self.aggregation_rule == "distill"
 
     @classmethod
     def machine_settings(cls) -> tuple[str, ...]:
-        """Fields about the computer a run happens on (threads, device, paths of caches)."""
+        """Fields about the computer a run happens on (data and split paths, caches, threads,
+        device, out): they never leave it (`method_settings`)."""
         return tuple(f.name for f in fields(cls) if f.metadata["rule"].machine)
+
+    def method_settings(self) -> dict[str, Any]:
+        """The settings every participant must share (method, agreement, losses, schedule, image
+        size, seed, ...), without machine settings and unset values: what travels to nodes."""
+        machine = set(self.machine_settings())
+        return {k: v for k, v in self.to_dict().items() if k not in machine and v is not None}
 
     def validate(self, source: str = "config", names: Iterable[str] | None = None) -> RunConfig:
         """Check the fields `names` (default: all) and the relations between fields; ints given for
@@ -320,6 +341,15 @@ def _relations(cfg: RunConfig) -> list[tuple[bool, str]]:
             cfg.aggregation_rule != "fedavg" or not cfg.heterogeneous,
             "FedAvg needs one student architecture for all clients and the global model; "
             "use --aggregation distill.",
+        ),
+        (
+            (cfg.dp_clip > 0) == (cfg.aggregation_rule == "dp-fedavg"),
+            "dp-fedavg aggregation and dp_clip > 0 go together (dp_clip is the update clip norm).",
+        ),
+        (
+            cfg.dp_clip == 0 or (cfg.norm == "group" and not cfg.heterogeneous),
+            'Differential privacy (dp_clip > 0) needs GroupNorm students (norm = "group") of one '
+            "architecture: BatchNorm running statistics would leave the node unclipped and un-noised.",
         ),
     ]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from samfed.train.runner import tail_mean
+from samfed.engine.outputs import tail_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 

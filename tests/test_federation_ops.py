@@ -539,7 +539,7 @@ def test_certs_and_settings_files_run_a_tls_and_node_auth_federation(tmp_path):
     overrides the file's port."""
     from samfed.data.readers import load_dataset
     from samfed.data.synth import write_synthetic
-    from samfed.train.runner import new_split
+    from samfed.engine.data import new_split
 
     data = write_synthetic("polyp", 6, tmp_path / "data", seed=0, size=48)
     method = RunConfig(

@@ -351,7 +351,7 @@ def _tiny_run(root: Path, rounds: int = 2):
     from samfed.config import RunConfig
     from samfed.data.readers import load_dataset
     from samfed.data.synth import write_synthetic
-    from samfed.train.runner import new_split
+    from samfed.engine.data import new_split
 
     data = write_synthetic("polyp", 8, root / "data", seed=0, size=48)
     cfg = RunConfig(

@@ -243,7 +243,7 @@ def test_server_weights_must_fit_the_model():
 
 def _stored_public(node: CA.NodeSettings, polyp_dir: Path, size: int = 32) -> str:
     from samfed.data.readers import load_dataset
-    from samfed.train.runner import split_arrays
+    from samfed.engine.data import split_arrays
 
     ds = load_dataset(polyp_dir)
     lab = split_arrays(ds, ds.ids[:4], size, True)

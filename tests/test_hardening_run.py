@@ -20,9 +20,10 @@ from run_helpers import TINY, tiny
 
 from cli import main
 from samfed.config import RunConfig
+from samfed.engine.checks import auto_threads
 from samfed.errors import SamfedError
 from samfed.train.run_dir import RunDir
-from samfed.train.runner import auto_threads, train
+from samfed.train.runner import train
 
 torch.set_num_threads(1)
 
@@ -198,7 +199,7 @@ def test_non_finite_weights_stop_the_run_naming_round_and_client(finished_run, t
 
 
 def test_require_finite_names_the_weight():
-    from samfed.train.runner import require_finite
+    from samfed.engine.checks import require_finite
 
     model = torch.nn.Conv2d(1, 1, 1)
     require_finite(model, RunDir("x"), "round 1, client 0", 0.5, 1)

@@ -286,9 +286,9 @@ def test_tampered_real_export_is_refused(real_export, tmp_path):
 @pytest.mark.slow
 def test_dataset_maps_decode_as_the_runner_does(real_export, polyp_dir):
     from samfed.data.readers import load_dataset
+    from samfed.engine.teacher import teacher_images
     from samfed.teacher import teacher_maps
     from samfed.teacher.maps import dataset_teacher_maps
-    from samfed.train.runner import teacher_images
 
     ds = load_dataset(polyp_dir)
     ids = ds.ids[:3]
@@ -302,9 +302,9 @@ def test_clinic_node_computes_maps_with_the_recommended_variant(real_export, tmp
     from samfed.config import RunConfig
     from samfed.data.readers import load_dataset
     from samfed.data.synth import write_synthetic
+    from samfed.engine.teacher import teacher_images
     from samfed.federation.client_app import NodeSettings, load_node_teacher, node_data, node_teacher_maps
     from samfed.teacher import teacher_maps
-    from samfed.train.runner import teacher_images
 
     data = write_synthetic("polyp", 2, tmp_path / "data", seed=3, size=64)
     ref = "0123456789abcdef" * 2  # a content digest, as the server sends it

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 import tomllib
 from dataclasses import dataclass
@@ -123,8 +122,8 @@ def node_data(node: NodeSettings, size: int):
     """This node's images at the working size (masks too when the folder has them: logging only),
     decoded exactly as the in-process runner does and cached in work-dir for later rounds."""
     from samfed.data.readers import load_dataset
+    from samfed.engine.data import split_arrays
     from samfed.method.arrays import SegArrays
-    from samfed.train.runner import split_arrays
 
     ids = node_ids(node)
     cache = node.work_dir / "data" / f"{_sha(str(node.data_path.resolve()), ids, size)}.npz"
@@ -243,8 +242,8 @@ def node_teacher_maps(node: NodeSettings, data, spec: dict[str, Any], cfg, globa
     import dataclasses
 
     from samfed.data.readers import load_dataset
+    from samfed.engine.teacher import compute_maps, prompt_masks
     from samfed.train.run_dir import RunDir
-    from samfed.train.runner import compute_maps
 
     init_key = "" if global_init is None else _sha(*(v.numpy().tobytes() for v in global_init.values()))
     key = _sha(
@@ -257,13 +256,12 @@ def node_teacher_maps(node: NodeSettings, data, spec: dict[str, Any], cfg, globa
     node_cfg = dataclasses.replace(cfg, teacher_cache=str(node.teacher_cache))
     masks = None
     if global_init is not None:  # the global-box prompt: boxes from the initial M_G's masks
-        from samfed.method.arrays import predict_proba
         from samfed.models import create_student
         from samfed.preprocess import Preprocessing
 
         model = create_student(cfg.global_arch, norm=cfg.norm)
         model.load_state_dict(global_init)
-        masks = predict_proba(model, data, Preprocessing(size=cfg.image_size)) > 0.5
+        masks = prompt_masks("global-box", model, data, Preprocessing(size=cfg.image_size))
     try:  # all maps cached (a later run): the teacher's weights are never loaded
         if spec["teacher-kind"] != "torch" or not has_asset(node, str(spec["teacher-ref"]), "teacher-ref"):
             raise MapsMissing
@@ -292,14 +290,21 @@ def _config(msg: Message):
 
 
 def node_run_config(text: str):
-    """The server's RunConfig (TOML text) checked as a local config.toml would be -> RunConfig."""
+    """The server's method settings (TOML text) checked as a local config.toml would be ->
+    RunConfig; machine settings (paths, threads, device) are the node's own and refused."""
     from samfed.config import RunConfig
-    from samfed.train.runner import validate_config
+    from samfed.engine.checks import validate_config
 
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SamfedError(f"The server's run config is not valid TOML ({exc}).") from None
+    foreign = sorted(set(raw) & set(RunConfig.machine_settings()))
+    if foreign:
+        raise SamfedError(
+            f"The server sent machine settings ({', '.join(foreign)}); a node uses its own: "
+            "update the server to this samfed version."
+        )
     cfg = RunConfig.from_dict(raw, source="server run config")
     validate_config(dataclasses.replace(cfg, device="cpu"))  # the node trains on its CPU
     return cfg
@@ -370,17 +375,15 @@ def local_round(
     node: NodeSettings, cfg_rec, content, startup_s: float = 0.0
 ) -> tuple[dict, dict[str, float]]:
     """Everything a node does in one round -> (weights to send, scalar metrics)."""
-    import torch
 
     from edge.node import fit_batch_size, memory_budget, training_bytes_per_sample
-    from samfed.method.local_update import client_update
+    from samfed.engine.client import client_round
     from samfed.models import create_student
 
     req = P.train_request(cfg_rec)
     rnd, seed = req.round, req.seed
     cfg = node_run_config(req.run_config)
-    server_threads = min(cfg.threads, os.cpu_count() or 1) if cfg.threads else None
-    threads = cap_threads(node.threads or server_threads)
+    threads = cap_threads(node.threads)
     with RoundMeter() as meter:
         labeled = load_public(node, req.public_hash)
         if labeled.images.shape[1] != cfg.image_size:
@@ -403,16 +406,7 @@ def local_round(
         per_sample, fixed = training_bytes_per_sample(local_model, cfg.image_size)
         batch = fit_batch_size(cfg.batch_size, per_sample, fixed, memory_budget(node.memory_mb))
         run_cfg = cfg if batch == cfg.batch_size else cfg.override(batch_size=batch)
-        torch.manual_seed(seed % (2**63))
-        state, n, metrics = client_update(
-            global_model, local_model, data, maps, labeled, run_cfg, round=rnd, seed=seed
-        )
-        clip = req.dp_clip
-        if clip > 0:
-            from samfed.federation.dp import clip_update
-
-            state, norm = clip_update(state, global_state, clip)
-            metrics["dp_update_norm"] = norm
+        state, n, metrics = client_round(global_model, local_model, data, maps, labeled, run_cfg, rnd, seed)
     report = meter.report(rnd, threads, batch)
     record = {**report.__dict__, "process_startup_s": startup_s, "name": node.name, "num_samples": n}
     append_report(node.work_dir / REPORT, record)

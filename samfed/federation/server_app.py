@@ -1,9 +1,8 @@
 """The server side of a SAM-Fed federation: a Flower ServerApp that drives the Grid itself.
 
-It runs the same steps as the in-process runner (`samfed.train.runner`), with the same functions
-and seeds, on a run directory of the same format (so `samfed evaluate` / `samfed export` work on
-it): server initialisation (teacher fine-tuned and saved, global student trained on D_p, client
-warm-up), then per round
+It runs the engine of the in-process runner (`samfed.engine.Engine`: set-up, rounds,
+aggregation, resume state, outputs) on a run directory of the same format (so `samfed evaluate` /
+`samfed export` work on it); `FederatedRun` is the engine's `ClientStep` that, per round,
 
 1. new nodes say hello (client number, name, sample count) and get what they lack once: D_p and
    the teacher (exported ONNX folder by default, or the saved torch teacher);
@@ -15,9 +14,11 @@ warm-up), then per round
    update norm vs the round median or, below 3 updates, the previous round's, and an absolute
    bound; a sample count within what the node announced); bad ones are rejected and logged;
 5. with >= `min_clients` valid updates the round closes with them (sorted by client number, as
-   in-process) through `samfed.method.aggregation.aggregate` (or the DP noisy mean), the global
-   model is validated and the round record names who answered, who was missing and why;
-6. the resume state is written atomically; `resume` continues from it to the same final weights.
+   in-process); the engine aggregates them, validates the global model and writes the resume
+   state; the round record names who answered, who was missing and why.
+
+Nodes get the method's settings only (`RunConfig.method_settings`): the server's paths, threads
+and device stay on the server.
 
 Replies' structure (record names, array keys and shapes, value types) is logged to
 `federation/messages.jsonl`; per-round federation facts to metrics.jsonl and `federation/`.
@@ -36,6 +37,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from rich.markup import escape
 
+from samfed.engine.engine import ClientStep, ClientUpdate, Engine, RoundUpdates
 from samfed.errors import SamfedError
 from samfed.federation import protocol as P
 from samfed.federation.options import ServerOptions
@@ -82,8 +84,8 @@ def folder_files(folder: Path) -> dict[str, bytes]:
     }
 
 
-class FederatedRun:
-    """One Flower run of SAM-Fed over `grid`, writing into `opts.run_dir`."""
+class FederatedRun(ClientStep):
+    """One Flower run of SAM-Fed over `grid`, writing into `opts.run_dir`: the engine's client step."""
 
     def __init__(self, grid: Grid, opts: ServerOptions, say=print):
         from samfed.train.run_dir import RunDir
@@ -98,6 +100,8 @@ class FederatedRun:
         self.prompt: str | None = None
         self.refused: set[int] = set()  # nodes refused for good (bad partition-id or reply)
         self.history: list[dict] = []
+        self.teacher_spec: dict[str, Any] = {}
+        self.teacher_files: dict[str, bytes] = {}
 
     # -- status ----------------------------------------------------------------------------------
     def status(self, state: str, **extra: Any) -> None:
@@ -130,109 +134,53 @@ class FederatedRun:
     def _main(self) -> None:
         import torch
 
-        from samfed.config import RunConfig
-        from samfed.method.arrays import derive_seed
-        from samfed.method.methods import method_spec
-        from samfed.method.server import init_global, warmup_client
-        from samfed.preprocess import Preprocessing
-        from samfed.train.runner import log_round, new_model, round_state, validate_config
+        from samfed.engine.checks import check_resume, run_threads
+        from samfed.engine.reporter import Reporter
 
         t_start = time.perf_counter()
         opts, run = self.opts, self.run
-        cfg = RunConfig.load(run.config)
-        validate_config(cfg)
-        self.cfg = cfg
-        spec = method_spec(cfg.method)
-        if spec.kind != "federated":
-            raise SamfedError(f"Method {cfg.method} is not federated; run it with `samfed train`.")
-        if opts.dp_clip > 0:
-            from samfed.federation.dp import require_dp_compatible
-
-            require_dp_compatible(cfg.norm, cfg.aggregation_rule)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.prep = Preprocessing(size=cfg.image_size)
-
-        dataset, split = server_data(cfg, run, self.say)
-        self.split = split
-        self.sets = server_sets(dataset, split, cfg)
-        self.public = {"images": self.sets.labeled.images, "masks": self.sets.labeled.masks.astype(np.uint8)}
-        self.public_hash = P.public_digest(self.public)
-
-        # the in-process runner's order: models, init (or resume), teacher, warm-up (or resume)
-        self.glob = new_model(cfg.global_arch, cfg, "global")
-        self.models = [new_model(cfg.client_arch(k), cfg, "client", k) for k in range(cfg.clients)]
-        start, state = 0, None
+        self.cfg = cfg = self.run_config()
+        state = None
         if opts.resume:
             state = run.load_state()
-            self.glob.load_state_dict(state["global_init"])
-        else:
-            if run.checkpoint.is_file():
-                raise SamfedError(
-                    f"{run.root} already holds a started run; resume it or choose another run directory."
-                )
-            init_info = init_global(self.glob, self.sets.labeled, cfg, cfg.seed)
-        self.teacher_info: dict = {}
-        self.teacher_spec: dict[str, Any] = {}
-        self.teacher_files: dict[str, bytes] = {}
-        if spec.needs_teacher:
-            self.prepare_teacher(dataset, split)
-        self.global_init = {k: v.detach().clone() for k, v in self.glob.state_dict().items()}
-        if state is not None:
-            self.glob.load_state_dict(state["global"])
-            for m, st in zip(self.models, state["clients"], strict=True):
-                m.load_state_dict(st)
-            start = int(state["round"])
-            run.truncate_metrics(start)
-            self.history = [h for h in self._read_history() if h["round"] <= start]
-            self.say(f"resuming after round {start}")
-        else:
-            for k, m in enumerate(self.models):
-                seed = derive_seed(cfg.seed, "warmup", k)
-                warmup_client(m, cfg.client_arch(k), self.glob, self.sets.labeled, cfg, seed)
-            run.log({"event": "init", "round": 0, **init_info, "teacher": self.teacher_info})
-            log_round(run, 0, self.glob, self.models, self.sets, self.prep, {}, {}, 0.0, self.say)
-            run.save_state(round_state(0, self.glob, self.models, cfg, self.global_init))
-
-        self.say(f"server initialised in {time.perf_counter() - t_start:.1f} s")
-        self.wait_for_nodes()
-        for r in range(start + 1, cfg.rounds + 1):
-            self.status("running", round=r)
-            self.one_round(r)
-            run.save_state(round_state(r, self.glob, self.models, cfg, self.global_init))
-            self._write_history()
-
-        from samfed.train.runner import finish
-
-        summary = finish(
-            cfg,
-            run,
-            split,
-            self.sets,
-            self.glob,
-            self.models,
-            self.prep,
-            self.teacher_info,
-            time.perf_counter() - t_start,
-        )
+            check_resume(cfg, run, int(state["round"]))
+        elif run.checkpoint.is_file():
+            raise SamfedError(
+                f"{run.root} already holds a started run; resume it or choose another run directory."
+            )
+        torch.set_num_threads(run_threads(cfg, state))
+        dataset, split = server_data(cfg, run, self.say)
+        sets = server_sets(dataset, split, cfg)
+        self.public = {"images": sets.labeled.images, "masks": sets.labeled.masks.astype(np.uint8)}
+        self.public_hash = P.public_digest(self.public)
+        self.engine = Engine(cfg, run, dataset, split, sets, self, Reporter(self.say), cfg.clients, state)
+        summary = self.engine.run_all(t_start)
         self.status("finished", round=cfg.rounds, val_dice=summary["val_dice"])
         self.say(f"done: global validation Dice {summary['val_dice']:.4f}; run directory {run.root}")
 
-    # -- server initialisation -------------------------------------------------------------------
-    def prepare_teacher(self, dataset, split) -> None:
-        """Fine-tune/save the teacher as in-process; the asset nodes get: ONNX export or torch folder."""
-        from samfed.method.arrays import predict_proba
-        from samfed.train.evaluation import map_dice
-        from samfed.train.runner import compute_maps, prepare_teacher
+    def run_config(self):
+        """The run directory's RunConfig with the server's DP options applied, checked: federated
+        method, settings valid on this machine (written back when the DP options changed it)."""
+        from samfed.config import RunConfig
+        from samfed.engine.checks import validate_config
+        from samfed.method.methods import method_spec
 
-        teacher, info = prepare_teacher(self.cfg, self.run, dataset, split, self.say)
+        cfg = RunConfig.load(self.run.config)
+        o = self.opts
+        if o.dp_clip > 0 and cfg.dp_clip == 0:  # DP asked for on the command line (`serve --dp-clip`)
+            cfg = cfg.override(
+                source="server options", dp_clip=o.dp_clip, dp_noise=o.dp_noise, dp_delta=o.dp_delta
+            )
+            atomic_write_text(self.run.config, cfg.to_toml())
+        validate_config(cfg)
+        if method_spec(cfg.method).kind != "federated":
+            raise SamfedError(f"Method {cfg.method} is not federated; run it with `samfed train`.")
+        return cfg
+
+    # -- engine hooks ----------------------------------------------------------------------------
+    def on_teacher(self, engine: Engine, teacher) -> None:
+        """What nodes get of the teacher: the exported ONNX folder (made once) or the torch folder."""
         self.prompt = teacher.prompt
-        masks = (
-            predict_proba(self.glob, self.sets.val, self.prep) > 0.5 if self.prompt == "global-box" else None
-        )
-        val_maps = compute_maps(teacher, dataset, self.sets.val.ids, self.cfg, self.run, masks)
-        info["val_dice"] = map_dice(val_maps, self.sets.val.masks)
-        self.teacher_info = info
         if self.opts.teacher_runtime == "torch":
             folder, kind = self.run.teacher, "torch"
         elif self.opts.teacher_runtime == "onnx":
@@ -246,6 +194,18 @@ class FederatedRun:
             raise SamfedError(f"Unknown teacher runtime {self.opts.teacher_runtime!r}; choose onnx or torch.")
         self.teacher_files = folder_files(folder)
         self.teacher_spec = {"teacher-kind": kind, "teacher-ref": P.files_digest(self.teacher_files)}
+
+    def before_rounds(self, engine: Engine) -> None:
+        self.history = [h for h in self._read_history() if h["round"] <= engine.start_round]
+        self.wait_for_nodes()
+
+    def after_round(self, engine: Engine, r: int) -> None:
+        self._write_history()
+
+    def mean_client(self, engine: Engine) -> int:
+        from samfed.train.compare import mean_client_size
+
+        return mean_client_size([c.num_samples for c in self.clients_by_k.values()])
 
     # -- nodes -----------------------------------------------------------------------------------
     def online_node_ids(self) -> set[int]:
@@ -337,7 +297,7 @@ class FederatedRun:
 
         cfg = {
             "public-hash": self.public_hash,
-            "public-ids": list(self.sets.labeled.ids),
+            "public-ids": list(self.engine.sets.labeled.ids),
             "teacher-hash": self.teacher_spec.get("teacher-ref", ""),
         }
         content = {}
@@ -421,35 +381,67 @@ class FederatedRun:
 
     # -- one round -------------------------------------------------------------------------------
     def train_content(self, r: int, c: Client) -> RecordDict:
+        """Round r's train message for client c: the method settings, its seed, the global weights
+        (and its own weights when clients keep them, the initial global ones for a global-box teacher)."""
         import tomli_w
 
-        from samfed.method.arrays import derive_seed
+        from samfed.engine.seeds import client_seed
 
-        cfg = self.cfg
+        cfg, engine = self.cfg, self.engine
         conf = {
             "round": r,
-            "seed": derive_seed(cfg.seed, "round", r, "client", c.k),
-            "run-config": tomli_w.dumps({k: v for k, v in cfg.to_dict().items() if v is not None}),
+            "seed": client_seed(cfg.seed, r, c.k),
+            "run-config": tomli_w.dumps(cfg.method_settings()),
             "arch": cfg.client_arch(c.k),
             "public-hash": self.public_hash,
-            "dp-clip": float(self.opts.dp_clip),
+            "dp-clip": float(cfg.dp_clip),
             **self.teacher_spec,
         }
-        content = RecordDict({P.CONFIG: ConfigRecord(conf), P.GLOBAL: P.state_record(self.glob.state_dict())})
-        if cfg.aggregation_rule != "fedavg":
-            content[P.LOCAL] = P.state_record(self.models[c.k].state_dict())
+        content = RecordDict(
+            {P.CONFIG: ConfigRecord(conf), P.GLOBAL: P.state_record(engine.glob.state_dict())}
+        )
+        if cfg.clients_keep_weights:
+            content[P.LOCAL] = P.state_record(engine.clients[c.k].state_dict())
         if self.teacher_spec and self.prompt == "global-box":  # the teacher's box comes from the initial M_G
-            content[P.GLOBAL_INIT] = P.state_record(self.global_init)
+            content[P.GLOBAL_INIT] = P.state_record(engine.global_init)
         return content
 
-    def one_round(self, r: int) -> None:
-        from samfed.federation.validation import check_num_samples, reference_ratio, validate_updates
-        from samfed.method.aggregation import ClientResult, aggregate
-        from samfed.method.arrays import derive_seed
-        from samfed.train.runner import log_round
+    def updates(self, engine: Engine, r: int) -> RoundUpdates:
+        """Round r on the nodes: train messages to every ready online client, replies checked;
+        SamfedError (the run stops, resumable) below min-clients."""
+        from samfed.method.local_update import state_copy
 
         t0 = time.perf_counter()
-        cfg, opts = self.cfg, self.opts
+        self.status("running", round=r)
+        targets, out = self.round_targets(r)
+        sent = {
+            c.k: state_copy(engine.clients[c.k] if self.cfg.clients_keep_weights else engine.glob)
+            for c in targets
+        }
+        contents = {c.node_id: self.train_content(r, c) for c in targets}
+        self.say(f"round {r}: training on {', '.join(c.name for c in targets)}")
+        replies, failures = self.exchange(
+            "train", contents, r, self.opts.round_timeout, quorum=self.opts.min_clients
+        )
+        updates, metrics = self.read_replies(targets, replies, failures, sent, out)
+        keys = self.accept(r, updates, sent, out)
+        if len(keys) < self.opts.min_clients:
+            self._record_round(r, out, {}, time.perf_counter() - t0, closed=False)
+            raise SamfedError(
+                f"Round {r} got {len(keys)} valid update(s), fewer than min-clients {self.opts.min_clients}; "
+                f"the run stopped after round {r - 1} (resume it when the nodes are back)."
+            )
+        result = []
+        for k in keys:
+            n = int(metrics[k].get("num_samples", self.clients_by_k[k].num_samples))
+            extra = {"name": self.clients_by_k[k].name, "update_ratio": out.ratios[str(k)]}
+            result.append(ClientUpdate(k, updates[str(k)], n, {**metrics[k], **extra}))
+        facts = self._record_round(r, out, metrics, time.perf_counter() - t0, closed=True)
+        return RoundUpdates(result, facts)
+
+    def round_targets(self, r: int) -> tuple[list[Client], RoundOutcome]:
+        """The ready online clients of round r (by client number) and the outcome so far (the
+        clients not connected); SamfedError when fewer than min-clients are online."""
         self.refresh_clients()
         online = self.online_node_ids()
         targets = [
@@ -458,41 +450,31 @@ class FederatedRun:
             if c.ready and c.node_id in online
         ]
         out = RoundOutcome()
-        for k in sorted(set(range(cfg.clients)) - {c.k for c in targets}):
+        for k in sorted(set(range(self.cfg.clients)) - {c.k for c in targets}):
             known = self.clients_by_k.get(k)
             name, node = (known.name, known.node_id) if known else (None, None)
             out.missing.append({"client": k, "name": name, "node_id": node, "reason": "not connected"})
-        if len(targets) < opts.min_clients:
+        if len(targets) < self.opts.min_clients:
             raise SamfedError(
-                f"Round {r} cannot start: {len(targets)} node(s) online, min-clients is {opts.min_clients}; "
+                f"Round {r} cannot start: {len(targets)} node(s) online, "
+                f"min-clients is {self.opts.min_clients}; "
                 f"the run stopped after round {r - 1} (resume it when the nodes are back)."
             )
+        return targets, out
 
-        def snapshot(model) -> dict:
-            return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-        glob_state = snapshot(self.glob)
-        fedavg = cfg.aggregation_rule == "fedavg"
-        sent = {c.k: glob_state if fedavg else snapshot(self.models[c.k]) for c in targets}
-        contents = {c.node_id: self.train_content(r, c) for c in targets}
-        self.say(f"round {r}: training on {', '.join(c.name for c in targets)}")
-        replies, failures = self.exchange("train", contents, r, opts.round_timeout, quorum=opts.min_clients)
+    def read_replies(self, targets, replies, failures, sent, out: RoundOutcome) -> tuple[dict, dict]:
+        """The replies' states {str(k): state} and scalar metrics {k: dict} whose structure,
+        identity and sample count check out; the others go to out.missing / out.rejected."""
+        from samfed.federation.validation import check_num_samples
 
         updates, metrics = {}, {}
         for c in targets:
             if c.node_id not in replies:
-                out.missing.append(
-                    {
-                        "client": c.k,
-                        "name": c.name,
-                        "node_id": c.node_id,
-                        "reason": failures.get(c.node_id, "no reply"),
-                    }
-                )
+                reason = failures.get(c.node_id, "no reply")
+                out.missing.append({"client": c.k, "name": c.name, "node_id": c.node_id, "reason": reason})
                 continue
             content = replies[c.node_id].content
-            expected = {k: tuple(v.shape) for k, v in sent[c.k].items()}
-            reason = P.check_reply(content, expected)
+            reason = P.check_reply(content, {k: tuple(v.shape) for k, v in sent[c.k].items()})
             if reason is None:
                 reported = content[P.INFO].get("partition-id") if P.INFO in content else None
                 if type(reported) is not int or reported != c.k:
@@ -504,65 +486,32 @@ class FederatedRun:
                 continue
             updates[str(c.k)] = P.record_state(content[P.STATE])
             metrics[c.k] = dict(P.scalar_metrics(content.get(P.METRICS, {})))  # finite numbers only
+        return updates, metrics
+
+    def accept(self, r: int, updates: dict, sent: dict, out: RoundOutcome) -> list[int]:
+        """Client numbers of the updates that pass `validate_updates` (norms, finite values); the
+        rest are rejected; everything refused or missing is said."""
+        from samfed.federation.validation import reference_ratio, validate_updates
+
+        o = self.opts
         accepted, rejections, ratios = validate_updates(
-            updates,
-            {str(k): sent[k] for k in map(int, updates)},
-            opts.outlier_factor,
-            opts.max_update_ratio or None,
+            updates, {k: sent[int(k)] for k in updates}, o.outlier_factor, o.max_update_ratio or None,
             reference_ratio(self.history),
-        )
+        )  # fmt: skip
         for rej in rejections:
             c = self.clients_by_k[int(rej.client)]
             out.rejected.append({"client": c.k, "name": c.name, "reason": rej.reason})
         for rej in out.rejected:
-            who = f"client {rej['client']} ({rej['name']})"
-            self.say(f"[yellow]round {r}: update of {who} rejected[/]: {escape(rej['reason'])}")
+            self.say(f"[yellow]round {r}: update of client {rej['client']} ({rej['name']}) rejected[/]: "
+                     f"{escape(rej['reason'])}")  # fmt: skip
         for m in out.missing:
-            who = f"client {m['client']} ({m['name']})"
-            self.say(f"[yellow]round {r}: {who} missing[/]: {escape(m['reason'])}")
-        keys = sorted(int(k) for k in accepted)
-        if len(keys) < opts.min_clients:
-            self._record_round(r, out, {}, time.perf_counter() - t0, closed=False)
-            raise SamfedError(
-                f"Round {r} got {len(keys)} valid update(s), fewer than min-clients {opts.min_clients}; "
-                f"the run stopped after round {r - 1} (resume it when the nodes are back)."
+            self.say(
+                f"[yellow]round {r}: client {m['client']} ({m['name']}) missing[/]: {escape(m['reason'])}"
             )
+        keys = sorted(int(k) for k in accepted)
         out.answered = keys
         out.ratios = {str(k): ratios[str(k)] for k in keys}
-        results, client_metrics = [], {}
-        for k in keys:
-            state = updates[str(k)]
-            self.models[k].load_state_dict(state)
-            n = int(metrics[k].get("num_samples", self.clients_by_k[k].num_samples))
-            results.append(ClientResult(state, n, self.models[k], metrics[k]))
-            own = {"arch": cfg.client_arch(k), "n": n, "name": self.clients_by_k[k].name}
-            client_metrics[k] = {**metrics[k], **own, "update_ratio": ratios.get(str(k))}
-        if opts.dp_clip > 0:
-            new_state, agg = self.dp_aggregate(r, [res.state for res in results])
-        else:
-            new_state, agg = aggregate(
-                cfg.aggregation_rule,
-                self.glob,
-                results,
-                self.sets.labeled,
-                cfg,
-                r,
-                derive_seed(cfg.seed, "aggregate", r),
-            )
-        self.glob.load_state_dict(new_state)
-        fed = self._record_round(r, out, metrics, time.perf_counter() - t0, closed=True)
-        log_round(self.run, r, self.glob, self.models, self.sets, self.prep, {**agg, **fed}, client_metrics,
-                   time.perf_counter() - t0, self.say)  # fmt: skip
-
-    def dp_aggregate(self, r: int, states: list[dict]) -> tuple[dict, dict]:
-        from samfed.federation.dp import noisy_mean, privacy_spent
-        from samfed.method.arrays import generator
-
-        o = self.opts
-        ref = {k: v.clone() for k, v in self.glob.state_dict().items()}
-        new = noisy_mean(ref, states, o.dp_clip, o.dp_noise, generator(self.cfg.seed, "dp", r))
-        eps = privacy_spent(r, o.dp_noise, o.dp_delta)
-        return new, {"dp_epsilon": eps, "dp_delta": o.dp_delta, "dp_clip": o.dp_clip, "dp_noise": o.dp_noise}
+        return keys
 
     # -- records ---------------------------------------------------------------------------------
     def _record_round(self, r: int, out: RoundOutcome, metrics: dict, seconds: float, closed: bool) -> dict:
@@ -635,7 +584,7 @@ def server_data(cfg, run, say):
 
 def server_sets(dataset, split, cfg):
     """Sets with D_p, val and test only (client images never reach the server)."""
-    from samfed.train.runner import Sets, split_arrays
+    from samfed.engine.data import Sets, split_arrays
 
     s = cfg.image_size
     if not split.server_labeled or not split.val:

@@ -7,6 +7,9 @@
   server distils the ensemble (mean client probability) on its labeled set D_p into the
   fixed-architecture global model, with KD (two-class KL, temperature T, times T^2) plus the
   supervised loss on D_p, starting from the previous global weights.
+- ``dp-fedavg`` (client-level differential privacy, `samfed.method.dp`): the clipped updates'
+  equal-weight mean plus Gaussian noise of std cfg.dp_noise * cfg.dp_clip on their sum; chosen
+  whenever cfg.dp_clip > 0.
 
 Every strategy is `aggregate(global_model, results, labeled_data, cfg, round, seed) -> (state,
 metrics)` where results are `ClientResult`s; add a strategy with `@register_aggregator`.
@@ -142,3 +145,19 @@ def aggregate(
     if strategy not in AGGREGATORS:
         raise ValueError(f"unknown aggregation {strategy!r}; choose one of {', '.join(AGGREGATORS)}")
     return AGGREGATORS[strategy](global_model, results, labeled_data, cfg, round, seed)
+
+
+@register_aggregator("dp-fedavg")
+def aggregate_dp_fedavg(global_model, results: list[ClientResult], labeled_data, cfg, round, seed):
+    """DP-FedAvg: `noisy_mean` of the client states around the global weights; (epsilon, delta)
+    spent after `round` full-participation rounds."""
+    from samfed.method.dp import noisy_mean, privacy_spent
+
+    reference = state_copy(global_model)
+    states = [r.state for r in results]
+    new = noisy_mean(reference, states, cfg.dp_clip, cfg.dp_noise, generator(seed, "dp"))
+    eps = privacy_spent(round, cfg.dp_noise, cfg.dp_delta)
+    return new, {
+        "clients": len(results), "dp_epsilon": eps, "dp_delta": cfg.dp_delta, "dp_clip": cfg.dp_clip,
+        "dp_noise": cfg.dp_noise,
+    }  # fmt: skip

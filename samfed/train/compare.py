@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from samfed.config import RunConfig
-from samfed.method.arrays import derive_seed
+from samfed.engine.seeds import baseline_seed
 from samfed.method.server import baseline_round
 from samfed.train.evaluation import evaluate_arrays
 
@@ -29,17 +29,16 @@ def mean_client_size(sizes: list[int]) -> int:
     return int(round(np.mean(sizes))) if sizes else 0
 
 
-def supervised_rounds(model: nn.Module, sets, cfg: RunConfig, prep, on_round) -> float:
+def supervised_rounds(model: nn.Module, sets, mean_client: int, cfg: RunConfig, prep, on_round) -> float:
     """Train `model` (holding the server initialisation) as the `supervised` method's rounds
-    1..cfg.rounds, in place; `on_round(r, record)` gets each round's validation record. The global
-    random state is left as it was. Returns the seconds spent."""
+    1..cfg.rounds (`mean_client` images' steps each), in place; `on_round(r, record)` gets each
+    round's validation record. The global random state is left as it was. Returns the seconds."""
     t_all = time.perf_counter()
-    mean_client = mean_client_size([len(c) for c in sets.clients])
     with torch.random.fork_rng(devices=[]):
         for r in range(1, cfg.rounds + 1):
             t0 = time.perf_counter()
             met = baseline_round(
-                model, BASELINE, sets.labeled, None, mean_client, cfg, derive_seed(cfg.seed, "baseline", r)
+                model, BASELINE, sets.labeled, None, mean_client, cfg, baseline_seed(cfg.seed, r)
             )
             rows = evaluate_arrays(model, sets.val, prep)
             on_round(

@@ -17,6 +17,7 @@ import psutil
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from safetensors.torch import load_file
 
 from edge.node import RoundMeter, fit_batch_size, thread_env, training_bytes_per_sample
 from samfed.config import RunConfig
@@ -175,7 +176,7 @@ def test_cli_refuses_unsafe_or_impossible_setups(tmp_path):
     res = cli("serve", "--out", str(tmp_path / "b"), "--data", str(data), "--insecure", "--dp-clip", "1")
     assert res.returncode == 1 and "GroupNorm" in res.stderr, res.stderr
     res = cli("node", "--data", str(data), "--superlink", "127.0.0.1:1", "--client-id", "0")
-    assert res.returncode == 1 and "--ca" in res.stderr
+    assert res.returncode == 1 and "--tls-ca" in res.stderr
 
 
 @pytest.mark.slow
@@ -351,6 +352,53 @@ def test_cli_serve_and_two_nodes_match_inprocess_and_send_only_weights(fed_world
     ]
     assert [r["round"] for r in report][-2:] == [1, 2] and all(r["peak_rss_mb"] > 0 for r in report)
     assert (run_dir / "global" / "student.safetensors").is_file() and (run_dir / "manifest.json").is_file()
+
+
+EQUIVALENCE_CASES = {
+    # heterogeneous students: clients keep their weights, the server distils their ensemble on D_p;
+    # the teacher is prompted with boxes from the initial global model's masks
+    "distill-global-box": dict(students=["unet-s", "mobile-unet"], teacher_prompt="global-box"),
+    # client-level DP: nodes clip their updates, the server adds Gaussian noise (GroupNorm students)
+    "dp-fedavg": dict(norm="group", dp_clip=0.5, dp_noise=0.3),
+}
+
+
+@pytest.mark.slow
+def test_flower_equals_inprocess_for_distillation_global_box_and_dp(fed_world, tmp_path):
+    """Each case run in-process and on one real federation (two runs, one after the other, on the
+    same SuperLink and nodes) ends with bit-identical global and client weights."""
+    from samfed.train.runner import train
+
+    nodes = [_node(fed_world, k) for k in range(2)]
+    fed = LocalFederation(tmp_path / "flower", nodes)
+    runs = {}
+    try:
+        with fed:
+            for name, changes in EQUIVALENCE_CASES.items():
+                run_dir = _server_dir(fed_world, tmp_path / f"server-{name}", **changes)
+                runs[name] = (run_dir, _run(fed, _opts(run_dir)))
+    finally:
+        _all_stopped([fed.superlink, *fed.nodes])
+    threads = torch.get_num_threads()
+    for name, changes in EQUIVALENCE_CASES.items():
+        run_dir, status = runs[name]
+        assert status["state"] == "finished", (name, status)
+        try:
+            inproc = train(fed_world["cfg"].override(**changes), tmp_path / f"inproc-{name}", progress=False)
+        finally:
+            torch.set_num_threads(threads)
+        for sub in ("global", "clients/0", "clients/1"):
+            ref = load_file(str(inproc.run_dir / sub / "student.safetensors"))
+            got = load_file(str(run_dir / sub / "student.safetensors"))
+            assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), (name, sub)
+        rounds = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        last = [r for r in rounds if r.get("event") == "round"][-1]
+        if name == "dp-fedavg":
+            assert last["dp_epsilon"] > 0 and last["dp_clip"] == 0.5
+        else:
+            assert "distill_kd" in last
+    teacher = json.loads((runs["distill-global-box"][0] / "summary.json").read_text())["teacher"]
+    assert teacher["prompt"] == "global-box"
 
 
 @pytest.mark.slow

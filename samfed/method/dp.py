@@ -34,7 +34,7 @@ def require_dp_compatible(norm: str, aggregation: str, state: dict[str, torch.Te
             'Differential privacy needs GroupNorm students (norm = "group"): BatchNorm running statistics '
             "would leave the node unclipped and un-noised."
         )
-    if aggregation != "fedavg":
+    if aggregation not in ("fedavg", "dp-fedavg"):
         raise SamfedError(
             "Differential privacy is supported with FedAvg aggregation (homogeneous students) only."
         )

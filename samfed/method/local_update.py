@@ -136,7 +136,7 @@ def client_update(
         raise ValueError(f"method {cfg.method} needs teacher maps")
     t0 = time.perf_counter()
     prep = Preprocessing(size=cfg.image_size)
-    if cfg.aggregation_rule == "fedavg":
+    if not cfg.clients_keep_weights:
         local_model.load_state_dict(global_model.state_dict())
     gen = generator(seed, "client_update")
     torch.manual_seed(seed % (2**63))

@@ -216,14 +216,15 @@ def _cramers_v(split: Split, bins: dict) -> float:
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet", "size"])
 def test_split_is_disjoint_complete_and_deterministic(big_dir, scheme):
     ds = load_dataset(big_dir)
-    split = make_split(ds, clients=3, labeled_fraction=0.1, scheme=scheme, seed=5)
+    fractions = dict(labeled_fraction=0.1, val_fraction=0.1, test_fraction=0.1)
+    split = make_split(ds, clients=3, scheme=scheme, seed=5, **fractions)
     ids = split.all_ids()
     assert len(ids) == len(set(ids)) and sorted(ids) == ds.ids
     # 400 ids: 10 % val = 40, 10 % of the other 360 = 36 test, 10 % of the 324 left = 32 labeled
     assert (len(split.val), len(split.test), len(split.server_labeled)) == (40, 36, 32)
     assert all(split.clients)
-    assert make_split(ds, clients=3, scheme=scheme, seed=5) == split
-    assert make_split(ds, clients=3, scheme=scheme, seed=6) != split
+    assert make_split(ds, clients=3, scheme=scheme, seed=5, **fractions) == split
+    assert make_split(ds, clients=3, scheme=scheme, seed=6, **fractions) != split
 
 
 def test_dirichlet_split_is_skewed_by_lesion_size_and_iid_is_not(big_dir):
@@ -231,8 +232,9 @@ def test_dirichlet_split_is_skewed_by_lesion_size_and_iid_is_not(big_dir):
 
     ds = load_dataset(big_dir)
     bins = quantile_bins(lesion_fractions(ds, ds.ids), 5)
-    iid = make_split(ds, clients=4, scheme="iid", seed=0)
-    skewed = make_split(ds, clients=4, scheme="dirichlet", alpha=0.1, seed=0)
+    fractions = dict(labeled_fraction=0.1, val_fraction=0.1, test_fraction=0.1)
+    iid = make_split(ds, clients=4, scheme="iid", seed=0, **fractions)
+    skewed = make_split(ds, clients=4, scheme="dirichlet", alpha=0.1, seed=0, **fractions)
     assert _cramers_v(iid, bins) < 0.2 < 0.4 < _cramers_v(skewed, bins)
     assert [len(c) for c in iid.clients] == [len(iid.clients[0])] * 3 + [len(iid.clients[3])]
 

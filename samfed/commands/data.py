@@ -13,10 +13,13 @@ from rich.table import Table
 
 from samfed.commands.choices import names_of
 from samfed.commands.renamed import Renamed
+from samfed.config import RunConfig
 
 app = typer.Typer(help="Synthesise, check and split datasets.", no_args_is_help=True)
 _out = Console()
 _err = Console(stderr=True)
+
+_DEFAULTS = RunConfig()  # the split defaults of `samfed train` too
 
 
 @contextmanager
@@ -142,23 +145,27 @@ def _describe_resolutions(ids: list[str], sizes: dict[str, tuple[int, int]]) -> 
 @app.command()
 def split(
     path: Annotated[Path, typer.Argument(help="Dataset folder.")],
-    clients: Annotated[int, typer.Option(help="Number of clients.")] = 4,
+    clients: Annotated[int, typer.Option(help="Number of clients.")] = _DEFAULTS.clients,
     labeled_fraction: Annotated[
         float, typer.Option(help="Fraction of the pool the server holds labeled.")
-    ] = 0.1,
+    ] = _DEFAULTS.labeled_fraction,
     partition: Annotated[
         str,
         typer.Option(
             help="iid; dirichlet over lesion-size bins; size: bands of image resolution.",
             click_type=names_of("samfed.data.partition", "SCHEMES"),
         ),
-    ] = "iid",
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (smaller: more skewed).")] = 0.5,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    val_fraction: Annotated[float, typer.Option(help="Val fraction when the folder has no val.txt.")] = 0.1,
+    ] = _DEFAULTS.partition,
+    alpha: Annotated[
+        float, typer.Option(help="Dirichlet concentration (smaller: more skewed).")
+    ] = _DEFAULTS.dirichlet_alpha,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _DEFAULTS.seed,
+    val_fraction: Annotated[
+        float, typer.Option(help="Val fraction when the folder has no val.txt.")
+    ] = _DEFAULTS.val_fraction,
     test_fraction: Annotated[
         float, typer.Option(help="Test fraction of the pool when there is no test.txt.")
-    ] = 0.1,
+    ] = _DEFAULTS.test_fraction,
     out: Annotated[Path, typer.Option(help="Where to write the split JSON.")] = Path("split.json"),
 ) -> None:
     """Split a dataset into server-labeled, client, val and test parts and write a JSON split file.

@@ -9,9 +9,12 @@ import typer
 
 from samfed.commands.choices import names_of
 from samfed.commands.renamed import Renamed
+from samfed.config import RunConfig
 from samfed.errors import SamfedError
 
 app = typer.Typer(help="Fine-tune, inspect and export the SAM teacher.", no_args_is_help=True)
+
+_DEFAULTS = RunConfig()  # teacher fine-tuning defaults shared with `samfed train`
 
 
 MODES = names_of("samfed.teacher.finetune", "MODES")
@@ -45,18 +48,22 @@ def finetune(
         None, "--split", help="split.json from `samfed data split`: its server_labeled ids are used."
     ),
     labeled_fraction: float = typer.Option(
-        0.1,
+        _DEFAULTS.labeled_fraction,
         help="Without --split: fraction of the training pool that is server-labeled (samfed's make_split).",
     ),
     mode: str = typer.Option(
-        "lora", help="lora: LoRA on q,v + mask decoder; decoder: mask decoder only.", click_type=MODES
+        _DEFAULTS.teacher_mode,
+        help="decoder: mask decoder only; lora: LoRA on q,v + mask decoder (as `samfed train`).",
+        click_type=MODES,
     ),
     prompt: str | None = typer.Option(
         None, help="Prompt mode to train for (default: the teacher's).", click_type=PROMPTS
     ),
     backbone: str = typer.Option("litemedsam", help="litemedsam | sam-vit-b|l|h | a saved teacher folder."),
     checkpoint: Path | None = typer.Option(None, help="Base weights file (required for sam-vit-*)."),
-    epochs: int = typer.Option(20, min=1, help="Epochs of the main stage (LoRA stage for --mode lora)."),
+    epochs: int = typer.Option(
+        _DEFAULTS.teacher_epochs, min=1, help="Epochs of the main stage (LoRA stage for --mode lora)."
+    ),
     decoder_epochs: int = typer.Option(
         10, min=0, help="--mode lora: epochs of a cheap decoder-only warm-up on cached embeddings first."
     ),

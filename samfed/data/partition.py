@@ -21,12 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from samfed.config import RunConfig
 from samfed.data.io import image_size, read_mask
 from samfed.data.readers import Dataset, load_dataset
 from samfed.errors import SamfedError
 
 SCHEMES = ("iid", "dirichlet", "size")
 SPLIT_FORMAT = 1
+
+_DEFAULTS = RunConfig()  # one place for the split defaults: `samfed train`, `samfed data split`
 
 
 @dataclass
@@ -275,13 +278,13 @@ def _resolve_parts(dataset, pool_ids, val_ids, val_fraction, test_fraction, rng)
 def make_split(
     dataset: Dataset | str | Path,
     *,
-    clients: int = 4,
-    labeled_fraction: float = 0.1,
-    scheme: str = "iid",
-    alpha: float = 0.5,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
+    clients: int = _DEFAULTS.clients,
+    labeled_fraction: float = _DEFAULTS.labeled_fraction,
+    scheme: str = _DEFAULTS.partition,
+    alpha: float = _DEFAULTS.dirichlet_alpha,
+    seed: int = _DEFAULTS.seed,
+    val_fraction: float = _DEFAULTS.val_fraction,
+    test_fraction: float = _DEFAULTS.test_fraction,
     pool_ids: Sequence[str] | None = None,
     val_ids: Sequence[str] | None = None,
     n_bins: int = 5,

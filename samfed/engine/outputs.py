@@ -75,37 +75,13 @@ def finish(
     baseline: the `supervised` baseline's final model (its per-round records are in the metrics);
     stages: seconds per stage of this process; compact_state: drop the client models from the
     resume state once they are written to clients/<k>/ (a resume reads them there)."""
-    from export.checkpoint import save_student_checkpoint
     from samfed.train.provenance import provenance
     from samfed.train.report import write_report
 
-    data_path = str(run.data.resolve()) if cfg.data is None else str(Path(cfg.data).resolve())
-    meta = {
-        "source_run": str(run.root.resolve()),
-        "data_path": data_path,
-        "split": "split.json",
-        "method": cfg.method,
-        "rounds": cfg.rounds,
-        "seed": cfg.seed,
-    }
-    save_student_checkpoint(glob, cfg.global_arch, cfg.norm, prep, run.global_dir, role="global", **meta)
-    for k, m in enumerate(clients):
-        save_student_checkpoint(
-            m, cfg.client_arch(k), cfg.norm, prep, run.client_dir(k), role=f"client {k}", **meta
-        )
+    save_checkpoints(cfg, run, glob, clients, prep)
     if compact_state:
         compact_finished_state(run)
-
-    models = [_score(glob, cfg.global_arch, "global", "val", sets.val, prep)]
-    if sets.test is not None:
-        models.append(_score(glob, cfg.global_arch, "global", "test", sets.test, prep))
-    models += [
-        _score(m, cfg.client_arch(k), f"client {k}", "val", sets.val, prep) for k, m in enumerate(clients)
-    ]
-    if baseline is not None:
-        models.append(_score(baseline, cfg.global_arch, "supervised", "val", sets.val, prep))
-        if sets.test is not None:
-            models.append(_score(baseline, cfg.global_arch, "supervised", "test", sets.test, prep))
+    models = final_scores(cfg, sets, glob, clients, prep, baseline)
     records = run.read_metrics()
     r0 = round0_dice(records)
     summary = {
@@ -144,6 +120,42 @@ def finish(
     write_report(run.root, summary, records, plots)
     run.write_manifest()
     return summary
+
+
+def save_checkpoints(cfg: RunConfig, run: RunDir, glob: nn.Module, clients: list[nn.Module], prep) -> None:
+    """global/ and clients/<k>/ student checkpoints, with the run they came from."""
+    from export.checkpoint import save_student_checkpoint
+
+    data_path = str(run.data.resolve()) if cfg.data is None else str(Path(cfg.data).resolve())
+    meta = {
+        "source_run": str(run.root.resolve()),
+        "data_path": data_path,
+        "split": "split.json",
+        "method": cfg.method,
+        "rounds": cfg.rounds,
+        "seed": cfg.seed,
+    }
+    save_student_checkpoint(glob, cfg.global_arch, cfg.norm, prep, run.global_dir, role="global", **meta)
+    for k, m in enumerate(clients):
+        save_student_checkpoint(
+            m, cfg.client_arch(k), cfg.norm, prep, run.client_dir(k), role=f"client {k}", **meta
+        )
+
+
+def final_scores(cfg: RunConfig, sets: Sets, glob, clients, prep, baseline=None) -> list[dict]:
+    """Score rows: the global model on val (first) and test, every client on val, the
+    `supervised` baseline on val and test."""
+    models = [_score(glob, cfg.global_arch, "global", "val", sets.val, prep)]
+    if sets.test is not None:
+        models.append(_score(glob, cfg.global_arch, "global", "test", sets.test, prep))
+    models += [
+        _score(m, cfg.client_arch(k), f"client {k}", "val", sets.val, prep) for k, m in enumerate(clients)
+    ]
+    if baseline is not None:
+        models.append(_score(baseline, cfg.global_arch, "supervised", "val", sets.val, prep))
+        if sets.test is not None:
+            models.append(_score(baseline, cfg.global_arch, "supervised", "test", sets.test, prep))
+    return models
 
 
 def comparison(cfg: RunConfig, models: list[dict], round0: float | None) -> dict:

@@ -94,12 +94,10 @@ def evaluate_run(
 ) -> EvalResult:
     import torch
 
-    from edge.outputs import overlay
-    from edge.png import write_png
     from export.checkpoint import load_student_checkpoint
     from samfed.data.io import read_pair
     from samfed.data.readers import load_dataset
-    from samfed.metrics import conventions, evaluate_pair, summarize
+    from samfed.metrics import evaluate_pair
     from samfed.preprocess import prob_to_original, to_input
 
     run_root = Path(run_root)
@@ -133,16 +131,37 @@ def evaluate_run(
                 if name == "global":
                     preds_global.append(pred)
 
+    summary = write_tables(out_dir, rows, [name for name, _ in models], hd95_convention)
+    summary = {"run": str(run_root), "data": str(data), "ids": source, "n_images": len(ids), **summary}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "summary.md").write_text(
+        f"Evaluation of {run_root} on {data} ({source}, {len(ids)} images)\n\n"
+        + summary_table(summary)
+        + "\n"
+    )
+    if preds_global and worst > 0:
+        g = [r for r in rows if r["model"] == "global"]
+        write_worst(out_dir / "overlays", images, masks, preds_global, ids, [r["dice"] for r in g], worst)
+    return EvalResult(out_dir, summary, rows)
+
+
+def write_tables(out_dir: Path, rows: list[dict], names: list[str], hd95_convention: str) -> dict:
+    """per_image.csv of `rows` -> the summary's conventions and per-model statistics."""
+    from samfed.metrics import conventions, summarize
+
     with open(out_dir / "per_image.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["model", "arch", "id", "dice", "iou", "hd95"])
         w.writeheader()
         w.writerows({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    summary = {"run": str(run_root), "data": str(data), "ids": source, "n_images": len(ids)}
-    summary |= {"conventions": conventions(hd95_convention), "models": {}}
-    for name, _ in models:
+    summary: dict = {"conventions": conventions(hd95_convention), "models": {}}
+    for name in names:
         mine = [r for r in rows if r["model"] == name]
         summary["models"][name] = {"arch": mine[0]["arch"], **summarize(mine)}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def summary_table(summary: dict) -> str:
+    """The per-model Markdown table of an evaluation summary."""
     lines = [
         "| model | arch | Dice mean | Dice std | IoU mean | HD95 mean (px) | HD95 median | n |",
         "|---" * 8 + "|",
@@ -153,16 +172,16 @@ def evaluate_run(
             f"| {s['iou']['mean']:.4f} | {s['hd95']['mean']:.2f} | {s['hd95']['median']:.2f} "
             f"| {s['dice']['n']} |"
         )
-    (out_dir / "summary.md").write_text(
-        f"Evaluation of {run_root} on {data} ({source}, {len(ids)} images)\n\n" + "\n".join(lines) + "\n"
-    )
+    return "\n".join(lines)
 
-    if preds_global and worst > 0:
-        odir = out_dir / "overlays"
-        odir.mkdir(exist_ok=True)
-        g = [r for r in rows if r["model"] == "global"]
-        for rank, i in enumerate(np.argsort([r["dice"] for r in g], kind="stable")[:worst], start=1):
-            truth, pred = overlay(images[i], masks[i]), overlay(images[i], preds_global[i])
-            gap = np.full((truth.shape[0], 4, 3), 255, np.uint8)
-            write_png(odir / f"{rank:02d}_{ids[i]}_dice{g[i]['dice']:.3f}.png", np.hstack([truth, gap, pred]))
-    return EvalResult(out_dir, summary, rows)
+
+def write_worst(folder: Path, images, masks, preds, ids: list[str], dice: list[float], worst: int) -> None:
+    """Ground truth | prediction overlays of the `worst` lowest-Dice images, ranked."""
+    from edge.evaluate_out import overlay_name, side_by_side
+    from edge.png import write_png
+
+    folder.mkdir(exist_ok=True)
+    for rank, i in enumerate(np.argsort(dice, kind="stable")[:worst], start=1):
+        write_png(
+            folder / overlay_name(rank, ids[i], dice[i]), side_by_side(images[i], masks[i], preds[i], 0)
+        )

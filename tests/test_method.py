@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from samfed.config import RunConfig
+from samfed.errors import SamfedError
 from samfed.method.aggregation import ClientResult, aggregate, fedavg
 from samfed.method.agreement import NEEDS_GLOBAL, agreement, agreement_stats
 from samfed.method.arrays import SegArrays, generator, predict_proba
@@ -66,7 +67,7 @@ def test_agreement_weighted_needs_global_and_confidence():
     assert torch.equal(lab0, (S > 0.5).float()) and torch.equal(w0, torch.ones_like(S))
     with pytest.raises(ValueError):
         agreement(S, None, L, "weighted")
-    with pytest.raises(ValueError):
+    with pytest.raises(SamfedError, match="unknown agreement variant 'bogus'"):
         agreement(S, G, L, "bogus")
     lab_o, w_o = agreement(S, G, L, "override", ramp=1.0, tau=0.8)  # weighted's labels, full weight
     assert torch.equal(lab_o, lab) and torch.equal(w_o, torch.ones_like(S))

@@ -31,6 +31,7 @@ from samfed.method.local_update import epoch_steps, make_optimizer, state_copy
 from samfed.method.losses import kd_loss, seg_loss
 from samfed.method.precision import forward, training_layout
 from samfed.preprocess import Preprocessing
+from samfed.registry import Registry
 
 
 @dataclass
@@ -63,15 +64,8 @@ def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[
 
 
 Aggregator = Callable[..., tuple[dict[str, torch.Tensor], dict[str, float]]]
-AGGREGATORS: dict[str, Aggregator] = {}
-
-
-def register_aggregator(name: str) -> Callable[[Aggregator], Aggregator]:
-    def wrap(fn: Aggregator) -> Aggregator:
-        AGGREGATORS[name] = fn
-        return fn
-
-    return wrap
+AGGREGATORS: Registry[Aggregator] = Registry("aggregation rule")
+register_aggregator = AGGREGATORS.register
 
 
 @register_aggregator("fedavg")
@@ -142,9 +136,7 @@ def aggregate(
     seed: int,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Run aggregation `strategy` ('fedavg' | 'distill' | registered) -> (global state, metrics)."""
-    if strategy not in AGGREGATORS:
-        raise ValueError(f"unknown aggregation {strategy!r}; choose one of {', '.join(AGGREGATORS)}")
-    return AGGREGATORS[strategy](global_model, results, labeled_data, cfg, round, seed)
+    return AGGREGATORS.lookup(strategy)(global_model, results, labeled_data, cfg, round, seed)
 
 
 @register_aggregator("dp-fedavg")

@@ -27,9 +27,14 @@ Variants (``AGREEMENTS``; docs/method.md gives the measurements that chose the d
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-AGREEMENTS = ("weighted", "override", "ignore", "vote", "anneal", "naive", "teacher")
+from samfed.registry import Registry
+
+AgreementRule = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+AGREEMENTS: Registry[AgreementRule] = Registry("agreement variant")
 NEEDS_GLOBAL = ("weighted", "override", "vote")  # variants that read the global model's map
 
 
@@ -60,46 +65,79 @@ def agreement(
     ramp: float = 1.0,
     tau: float = 0.8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pseudo-label and per-pixel weight, each (B, 1, H, W) float32.
+    """Pseudo-label and per-pixel weight, each (B, 1, H, W) float32, by rule `variant` (AGREEMENTS).
 
     s, g, l: teacher, global and local foreground probabilities (B, 1, H, W); g may be None for the
     variants that do not use it (``teacher``, ``naive``, ``ignore``, ``anneal``).
     ramp: the student's say in [0, 1] this round (``anneal``, ``weighted``).
     tau: minimal student confidence min(k_L, k_G) for ``weighted`` to let the students speak.
     """
-    s, l = s.float(), l.float()  # noqa: E741
-    ht, hl = (s > 0.5).float(), (l > 0.5).float()
-    if variant == "teacher":
-        return ht, torch.ones_like(s)
-    if variant == "naive":
-        kt, kl = confidence(s), confidence(l)
-        disagree = ht != hl
-        label = torch.where(disagree & (kl > kt), hl, ht)
-        weight = torch.where(disagree, (kt - kl).abs(), torch.ones_like(s))
-        return label, weight
-    if variant == "ignore":
-        return ht, (ht == hl).float()
-    if variant == "anneal":
-        return _student_override(s, float(ramp) * confidence(l), hl)
+    rule = AGREEMENTS.lookup(variant)
+    return rule(s.float(), None if g is None else g.float(), l.float(), float(ramp), tau)
+
+
+def _needs_global(g: torch.Tensor | None, variant: str) -> torch.Tensor:
     if g is None:
         raise ValueError(f"agreement variant {variant!r} needs the global model's map g")
-    g = g.float()
-    hg = (g > 0.5).float()
-    if variant == "vote":
-        votes = ht + hg + hl
-        label = (votes >= 2).float()
-        weight = (votes / 3.0 - 0.5).abs() * 2.0
-        return label, weight
-    if variant in ("weighted", "override"):
-        ks = torch.minimum(confidence(l), confidence(g))
-        speaks = (hg == hl) & (ks >= tau)
-        e = torch.where(speaks, float(ramp) * ks, torch.zeros_like(ks))
-        label, weight = _student_override(s, e, hl)
-        return (label, torch.ones_like(s)) if variant == "override" else (label, weight)
-    raise ValueError(f"unknown agreement variant {variant!r}; choose one of {', '.join(AGREEMENTS)}")
+    return g
 
 
-@torch.no_grad()
+def _global_local(s, g, l, ramp: float, tau: float, weighted: bool):  # noqa: E741
+    """``weighted`` / ``override``: the students speak where global and local agree, each at least
+    `tau` confident; they overrule the teacher where their ramped confidence beats its own."""
+    hl, hg = (l > 0.5).float(), (g > 0.5).float()
+    ks = torch.minimum(confidence(l), confidence(g))
+    speaks = (hg == hl) & (ks >= tau)
+    e = torch.where(speaks, ramp * ks, torch.zeros_like(ks))
+    label, weight = _student_override(s, e, hl)
+    return (label, weight) if weighted else (label, torch.ones_like(s))
+
+
+@AGREEMENTS.register("weighted")
+def _weighted(s, g, l, ramp, tau):  # noqa: E741
+    return _global_local(s, _needs_global(g, "weighted"), l, ramp, tau, weighted=True)
+
+
+@AGREEMENTS.register("override")
+def _override(s, g, l, ramp, tau):  # noqa: E741
+    return _global_local(s, _needs_global(g, "override"), l, ramp, tau, weighted=False)
+
+
+@AGREEMENTS.register("ignore")
+def _ignore(s, g, l, ramp, tau):  # noqa: E741
+    """Teacher label; weight 0 where teacher and local student disagree."""
+    return (s > 0.5).float(), ((s > 0.5) == (l > 0.5)).float()
+
+
+@AGREEMENTS.register("vote")
+def _vote(s, g, l, ramp, tau):  # noqa: E741
+    """Majority of teacher, global and local; weight from the vote margin."""
+    votes = (s > 0.5).float() + (_needs_global(g, "vote") > 0.5).float() + (l > 0.5).float()
+    return (votes >= 2).float(), (votes / 3.0 - 0.5).abs() * 2.0
+
+
+@AGREEMENTS.register("anneal")
+def _anneal(s, g, l, ramp, tau):  # noqa: E741
+    """The local student overrules the teacher with its confidence scaled by the ramp."""
+    return _student_override(s, ramp * confidence(l), (l > 0.5).float())
+
+
+@AGREEMENTS.register("naive")
+def _naive(s, g, l, ramp, tau):  # noqa: E741
+    """The more confident of teacher and local student; weight their confidence gap."""
+    ht, hl = (s > 0.5).float(), (l > 0.5).float()
+    kt, kl = confidence(s), confidence(l)
+    disagree = ht != hl
+    label = torch.where(disagree & (kl > kt), hl, ht)
+    return label, torch.where(disagree, (kt - kl).abs(), torch.ones_like(s))
+
+
+@AGREEMENTS.register("teacher")
+def _teacher(s, g, l, ramp, tau):  # noqa: E741
+    """The teacher's label everywhere, full weight."""
+    return (s > 0.5).float(), torch.ones_like(s)
+
+
 def agreement_stats(
     s: torch.Tensor,
     l: torch.Tensor,  # noqa: E741

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from samfed.errors import SamfedError
+from samfed.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -38,23 +38,20 @@ class MethodSpec:
         return self.pseudo in ("agreement", "teacher")
 
 
-METHODS: dict[str, MethodSpec] = {
-    s.name: s
-    for s in (
-        MethodSpec("samfed", "agreement", True),
-        MethodSpec("samfed-no-agreement", "teacher", True),
-        MethodSpec("samfed-no-kd", "agreement", False),
-        MethodSpec("samfed-no-sam", None, True),
-        MethodSpec("sam-only", "teacher", False),
-        MethodSpec("fixmatch", "self", False),
-        MethodSpec("supervised", None, False, kind="supervised"),
-        MethodSpec("centralised", None, False, kind="centralised"),
-    )
-}
+METHODS: Registry[MethodSpec] = Registry("method")
+for _spec in (
+    MethodSpec("samfed", "agreement", True),
+    MethodSpec("samfed-no-agreement", "teacher", True),
+    MethodSpec("samfed-no-kd", "agreement", False),
+    MethodSpec("samfed-no-sam", None, True),
+    MethodSpec("sam-only", "teacher", False),
+    MethodSpec("fixmatch", "self", False),
+    MethodSpec("supervised", None, False, kind="supervised"),
+    MethodSpec("centralised", None, False, kind="centralised"),
+):
+    METHODS.add(_spec.name, _spec)
 
 
 def method_spec(name: str) -> MethodSpec:
     """The spec of method `name`; unknown names raise SamfedError."""
-    if name not in METHODS:
-        raise SamfedError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}.")
-    return METHODS[name]
+    return METHODS.lookup(name)

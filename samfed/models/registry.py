@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from samfed.models.layers import NORMS
+from samfed.registry import Registry
 
 if TYPE_CHECKING:
     from samfed.models.weights import PretrainedWeights
@@ -29,7 +30,7 @@ class StudentSpec:
     weights: PretrainedWeights | None = None
 
 
-STUDENTS: dict[str, StudentSpec] = {}
+STUDENTS: Registry[StudentSpec] = Registry("student")
 
 
 def register_student(
@@ -47,9 +48,7 @@ def register_student(
     """
 
     def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in STUDENTS:
-            raise ValueError(f"student {name!r} is already registered")
-        STUDENTS[name] = StudentSpec(name, description, factory, norms, stride, weights)
+        STUDENTS.add(name, StudentSpec(name, description, factory, norms, stride, weights))
         return factory
 
     return wrap
@@ -73,9 +72,7 @@ def create_student(name: str, norm: str = "batch", pretrained: bool | None = Non
     """
     from samfed.errors import SamfedError
 
-    if name not in STUDENTS:
-        raise SamfedError(f"unknown student {name!r}; choose one of: {', '.join(list_students())}.")
-    spec = STUDENTS[name]
+    spec = STUDENTS.lookup(name)
     if norm not in NORMS:
         raise SamfedError(f"unknown norm {norm!r} for student {name!r}; choose one of: {', '.join(NORMS)}.")
     if norm not in spec.norms:

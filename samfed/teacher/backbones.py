@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from samfed.errors import SamfedError
+from samfed.registry import Registry
 from samfed.teacher.transforms import TeacherInput
 
 
@@ -35,18 +36,15 @@ class Backbone:
     expected_file: str  # the checkpoint file name the user should pass (for error messages)
 
 
-BACKBONES: dict[str, Backbone] = {}
+BACKBONES: Registry[Backbone] = Registry("teacher backbone")
 
 
 def register_backbone(backbone: Backbone) -> Backbone:
-    BACKBONES[backbone.name] = backbone
-    return backbone
+    return BACKBONES.add(backbone.name, backbone)
 
 
 def get_backbone(name: str) -> Backbone:
-    if name not in BACKBONES:
-        raise SamfedError(f"Unknown teacher backbone {name!r}; choose one of: {', '.join(BACKBONES)}.")
-    return BACKBONES[name]
+    return BACKBONES.lookup(name)
 
 
 def _strict_load(model: nn.Module, state: dict, source: str) -> None:

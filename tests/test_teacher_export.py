@@ -331,3 +331,24 @@ def test_clinic_node_computes_maps_with_the_recommended_variant(real_export, tmp
         }
     )
     assert load_node_teacher(forced, spec, 1).variant == "onnx-fp32"
+
+
+@pytest.mark.slow
+def test_inprocess_run_computes_maps_with_the_cached_export_of_its_teacher(real_export, tmp_path):
+    """teacher_runtime auto: a run whose teacher (pretrained LiteMedSAM, no fine-tuning) has an
+    export in the cache computes its maps with the export's recommended variant; torch keeps torch;
+    the two teachers' validation Dice agree."""
+    from run_helpers import tiny
+
+    from samfed.teacher.export import export_folder
+    from samfed.train.runner import train
+
+    man = json.loads((real_export / MANIFEST).read_text())
+    cache = tmp_path / "cache"
+    shutil.copytree(real_export, export_folder(cache / "teacher_exports", man["teacher_hash"]))
+    cfg = tiny(method="samfed", teacher_mode="none", rounds=1, cache=str(cache))
+    auto = train(cfg, tmp_path / "auto", progress=False).summary["teacher"]
+    assert auto["maps_runtime"] == (man["recommended"] or "torch")
+    ref = train(cfg.override(teacher_runtime="torch"), tmp_path / "torch", progress=False).summary["teacher"]
+    assert ref["maps_runtime"] == "torch" and ref["hash"] == man["teacher_hash"]
+    assert auto["val_dice"] == pytest.approx(ref["val_dice"], abs=0.02)

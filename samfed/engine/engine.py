@@ -31,7 +31,7 @@ from samfed.engine.records import log_round
 from samfed.engine.reporter import Bar, Reporter
 from samfed.engine.seeds import aggregate_seed, warmup_seed
 from samfed.engine.state import restore_clients, round_state
-from samfed.engine.teacher import compute_maps, prepare_teacher, prompt_masks
+from samfed.engine.teacher import compute_maps, maps_teacher, prepare_teacher, prompt_masks
 from samfed.method.aggregation import ClientResult, aggregate
 from samfed.method.local_update import state_copy
 from samfed.method.methods import method_spec
@@ -67,7 +67,8 @@ class ClientStep:
     """How a runner executes the clients' part of a round."""
 
     def on_teacher(self, engine: Engine, teacher) -> None:
-        """The teacher is ready (fine-tuned and saved); called before its validation maps."""
+        """The teacher is ready (fine-tuned and saved; engine.maps_teacher computes the maps);
+        called before its validation maps."""
 
     def before_rounds(self, engine: Engine) -> None:
         """After set-up (or resume), before the first round of this process."""
@@ -176,9 +177,11 @@ class Engine:
                 "prompt": getattr(t, "prompt", None),
             }
         self.stage("teacher fine-tune")
+        self.maps_teacher = maps_teacher(cfg, self.teacher, self.dataset, self.split, self.say)
+        info["maps_runtime"] = getattr(self.maps_teacher, "variant", "torch")
         self.step.on_teacher(self, self.teacher)
         masks = prompt_masks(self.teacher.prompt, self.glob, sets.val, self.prep)
-        sets.val_maps = compute_maps(self.teacher, self.dataset, sets.val.ids, cfg, self.run, masks)
+        sets.val_maps = compute_maps(self.maps_teacher, self.dataset, sets.val.ids, cfg, self.run, masks)
         info["val_dice"] = map_dice(sets.val_maps, sets.val.masks)
         self.stage("teacher maps")
         info["maps_seconds"] = self.stages["teacher maps"]

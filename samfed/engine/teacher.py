@@ -120,3 +120,28 @@ def prompt_masks(prompt: str | None, glob: nn.Module, data: SegArrays, prep) -> 
     """(N, S, S) bool masks of the initial global model `glob` on `data`: the ``global-box``
     prompt's boxes come from them; None for every other prompt."""
     return predict_proba(glob, data, prep) > 0.5 if prompt == "global-box" else None
+
+
+def maps_teacher(cfg: RunConfig, teacher, dataset, split, say):
+    """The teacher that computes the run's maps. cfg.teacher_runtime ``torch``, a GPU device or an
+    injected teacher: `teacher` itself; ``exported``: its recommended exported variant (ONNX
+    Runtime / OpenVINO FP32, bf16, INT8; exported once per teacher hash into
+    `cache_root(cfg)`/teacher_exports, INT8 calibrated on D_p); ``auto``: that variant when the
+    export already exists. `teacher` stays the fallback when no variant matches it."""
+    from samfed.teacher.model import Teacher
+
+    on_cpu = resolve_device(cfg.device).type == "cpu"
+    if cfg.teacher_runtime == "torch" or not on_cpu or not isinstance(teacher, Teacher):
+        return teacher
+    import torch
+
+    from samfed.teacher.export import has_export, labeled_images, runtime_teacher
+
+    root = cache_root(cfg) / "teacher_exports"
+    if cfg.teacher_runtime == "auto" and not has_export(root, teacher.hash):
+        return teacher
+
+    def images():
+        return labeled_images(dataset, split.server_labeled, teacher.input, seed=cfg.seed)
+
+    return runtime_teacher(teacher, root, images, threads=torch.get_num_threads(), log=say)

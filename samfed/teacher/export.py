@@ -412,7 +412,7 @@ def runtime_teacher(
     The export is made once per teacher hash into ``export_root/<hash[:16]>`` (written to a
     temporary folder first, so an interrupted export is never reused) and reused afterwards."""
     log = log or (lambda _msg: None)
-    folder = Path(export_root) / teacher.hash[:16]
+    folder = export_folder(export_root, teacher.hash)
     if not _is_export_of(folder, teacher.hash):
         tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -433,6 +433,16 @@ def runtime_teacher(
         return teacher
     log(f"teacher maps from the exported teacher's {rt.variant} variant")
     return rt
+
+
+def export_folder(export_root: str | Path, teacher_hash: str) -> Path:
+    """Where `runtime_teacher` keeps the export of the teacher with this hash."""
+    return Path(export_root) / teacher_hash[:16]
+
+
+def has_export(export_root: str | Path, teacher_hash: str) -> bool:
+    """Whether `export_root` holds a finished export of the teacher with this hash."""
+    return _is_export_of(export_folder(export_root, teacher_hash), teacher_hash)
 
 
 def _is_export_of(folder: Path, teacher_hash: str) -> bool:

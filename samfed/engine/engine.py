@@ -132,11 +132,7 @@ class Engine:
         self.rounds()
         self.stage("rounds")
         baseline = self.baseline()
-        return finish(
-            self.cfg, self.run, self.split, self.sets, self.glob, self.clients, self.prep,
-            self.teacher_info, time.perf_counter() - t_start, baseline=baseline, stages=self.stages,
-            compact_state=True,
-        )  # fmt: skip
+        return finish(self, time.perf_counter() - t_start, baseline)
 
     def setup(self) -> None:
         """Models, initial global model, teacher, then warm-up (new run) or the resume state."""
@@ -205,7 +201,7 @@ class Engine:
                 "stages": dict(self.stages),
             }
         )
-        log_round(self.run, 0, self.glob, self.clients, self.sets, self.prep, {}, {}, init_seconds, self.say)
+        log_round(self, 0, {}, {}, init_seconds)
         self.run.save_state(round_state(0, self.glob, self.clients, cfg, self.global_init))
 
     def resume(self) -> None:
@@ -254,8 +250,7 @@ class Engine:
             self.glob.load_state_dict(new_state)
         require_finite(self.glob, run, f"round {r}, aggregation", None, r)
         seconds = time.perf_counter() - t0
-        log_round(run, r, self.glob, self.clients, self.sets, self.prep, {**agg, **got.facts}, client_metrics,
-                  seconds, self.say)  # fmt: skip
+        log_round(self, r, {**agg, **got.facts}, client_metrics, seconds)
         run.save_state(round_state(r, self.glob, self.clients, cfg, self.global_init))
         self.step.after_round(self, r)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
@@ -15,6 +16,9 @@ from samfed.method.methods import method_spec
 from samfed.train.compare import round0_dice, teacher_warning
 from samfed.train.evaluation import evaluate_arrays
 from samfed.train.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from samfed.engine.engine import Engine
 
 INIT_STAGES = ("server init", "teacher fine-tune", "teacher maps", "client warm-up")
 
@@ -55,32 +59,18 @@ def tail_mean(records: list[dict], key: str, k: int) -> float | None:
     return float(np.mean(vals[-k:])) if vals else None
 
 
-def finish(
-    cfg,
-    run: RunDir,
-    split,
-    sets: Sets,
-    glob,
-    clients,
-    prep,
-    teacher_info: dict,
-    seconds: float,
-    *,
-    baseline: nn.Module | None = None,
-    stages: dict[str, float] | None = None,
-    compact_state: bool = False,
-) -> dict:
-    """Checkpoints, final scores, plots, report, summary.json and manifest.json.
-
-    baseline: the `supervised` baseline's final model (its per-round records are in the metrics);
-    stages: seconds per stage of this process; compact_state: drop the client models from the
-    resume state once they are written to clients/<k>/ (a resume reads them there)."""
+def finish(engine: Engine, seconds: float, baseline: nn.Module | None = None) -> dict:
+    """Checkpoints, final scores, plots, report, summary.json and manifest.json of `engine`'s run
+    (`seconds` long); the client models leave the resume state once written to clients/<k>/ (a
+    resume reads them there). baseline: the `supervised` baseline's final model (its per-round
+    records are in the metrics)."""
+    cfg, run, split, sets = engine.cfg, engine.run, engine.split, engine.sets
+    glob, clients, prep, teacher_info = engine.glob, engine.clients, engine.prep, engine.teacher_info
     from samfed.train.provenance import provenance
     from samfed.train.report import write_report
 
     save_checkpoints(cfg, run, glob, clients, prep)
-    if compact_state:
-        compact_finished_state(run)
+    compact_finished_state(run)
     models = final_scores(cfg, sets, glob, clients, prep, baseline)
     records = run.read_metrics()
     r0 = round0_dice(records)
@@ -101,7 +91,7 @@ def finish(
         "val_dice_last5": tail_mean(records, "val_dice", 5),
         "comparison": comparison(cfg, models, r0),
         "warnings": [w for w in [teacher_warning(teacher_info.get("val_dice"), r0)] if w],
-        "stages": stage_seconds(records, stages or {}),
+        "stages": stage_seconds(records, engine.stages),
         "seconds": seconds,
         **provenance(),
     }
@@ -115,7 +105,7 @@ def finish(
         }
     )
     records = run.read_metrics()
-    plots = make_plots(cfg, run, sets, glob, clients, prep, records, summary)
+    plots = make_plots(engine, records, summary)
     run.write_json(run.summary, summary)
     write_report(run.root, summary, records, plots)
     run.write_manifest()
@@ -191,15 +181,16 @@ def stage_seconds(records: list[dict], here: dict[str, float]) -> dict[str, floa
     return {k: found[k] for k in sorted(found, key=lambda k: order.index(k) if k in order else len(order))}
 
 
-def make_plots(cfg: RunConfig, run: RunDir, sets: Sets, glob, clients, prep, records, summary) -> list[Path]:
+def make_plots(engine: Engine, records: list[dict], summary: dict) -> list[Path]:
     """The report's PNGs: validation Dice per round (method, clients, supervised, teacher), loss,
     agreement, and the qualitative panel of a few validation images."""
     from samfed.train.evaluation import panel_rows
     from samfed.train.plots import plot_agreement, plot_loss, plot_qualitative, plot_val_dice
 
+    cfg, run = engine.cfg, engine.run
     teacher_dice = (summary.get("teacher") or {}).get("val_dice")
     spec = method_spec(cfg.method)
-    panel = panel_rows(cfg, sets, glob, clients, prep)
+    panel = panel_rows(cfg, engine.sets, engine.glob, engine.clients, engine.prep)
     made = [
         plot_val_dice(records, run.plots / "val_dice.png", cfg.method, teacher_dice),
         plot_loss(records, run.plots / "loss.png"),

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from samfed.engine.data import Sets
 from samfed.train.evaluation import evaluate_arrays
-from samfed.train.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from samfed.engine.engine import Engine
 
 
-def log_round(
-    run: RunDir, r: int, glob, clients, sets: Sets, prep, agg: dict, client_metrics: dict, seconds: float, say
-) -> None:
+def log_round(engine: Engine, r: int, agg: dict, client_metrics: dict, seconds: float) -> None:
     """Validate the global model and every client model (with FedAvg a client model is the
     pre-aggregation copy; at round 0 the warm-up model); log one record per client and the round
     record (`seconds`: the round's time; for round 0 the server initialisation's)."""
+    run, glob, clients, sets, prep = engine.run, engine.glob, engine.clients, engine.sets, engine.prep
+    say = engine.say
     rows = evaluate_arrays(glob, sets.val, prep)
     dice = float(np.mean([x["dice"] for x in rows]))
     hd = float(np.mean([x["hd95"] for x in rows]))

@@ -146,7 +146,7 @@ class RunConfig:
     teacher_epochs: int = setting(10, ge=1, le=10_000)
     # what computes the teacher maps: auto (the recommended exported variant when an export of this
     # teacher is in the cache, else torch) | exported (export it once, then use it) | torch
-    teacher_runtime: str = setting("auto", choices=("auto", "exported", "torch"), machine=True)
+    teacher_maps_runtime: str = setting("auto", choices=("auto", "exported", "torch"), machine=True)
     # folder of speed-up caches (embeddings, teacher maps, initial global model), shared by runs;
     # None -> $SAMFED_CACHE or ~/.cache/samfed (samfed.train.run_dir.cache_folder)
     cache: str | None = setting(None, machine=True)

@@ -328,6 +328,9 @@ def test_cli_serve_and_two_nodes_match_inprocess_and_send_only_weights(fed_world
     diff = max(float((ref[k].double() - got[k].double()).abs().max()) for k in ref)
     assert diff == 0.0, f"Flower and in-process global weights differ by {diff}"
     assert "round 2:" in nodes[0].log.read_text()  # the node printed its per-round report
+    assert "round 2: 2 update(s)" in serve.log.read_text() and "global val Dice" in serve.log.read_text()
+    status = json.loads((run_dir / "federation" / "status.json").read_text())
+    assert status["state"] == "finished" and status["nodes"] == {"clinic-a": "done", "clinic-b": "done"}
 
     # every message a node sent: weights named and shaped like the student's state dict, scalars
     cfg = fed_world["cfg"]

@@ -621,3 +621,20 @@ def test_auto_resume_leaves_a_finished_run_alone(tmp_path):
     res = _cli(*base, "--port", str(fp.free_port()), "--auto-resume")
     assert res.returncode == 0 and "has finished; nothing to do" in res.stdout, res.stderr
     assert sorted(p.name for p in out.rglob("*")) == ["federation", "status.json"]  # nothing written
+
+
+def test_serve_live_table_names_every_site_and_its_state():
+    from rich.console import Console
+
+    from samfed.commands.federation import _round_line, _sites_table
+
+    status = {"state": "running", "round": 3, "nodes": {"clinic-b": "training", "clinic-a": "done"}}
+    console = Console(record=True, width=80)
+    console.print(_sites_table(status))
+    text = console.export_text()
+    assert "round 3" in text and text.index("clinic-a") < text.index("clinic-b")
+    assert "training" in text and "done" in text
+    rec = {"round": 3, "answered": ["clinic-a"], "missing": ["clinic-b"], "rejected": [], "round_wall_s": 2.5}
+    assert _round_line({**rec, "val_dice": 0.7123}) == (
+        "round 3: 1 update(s) in 2.5 s, global val Dice 0.712; missing clinic-b"
+    )

@@ -349,6 +349,7 @@ def test_inprocess_run_computes_maps_with_the_cached_export_of_its_teacher(real_
     cfg = tiny(method="samfed", teacher_mode="none", rounds=1, cache=str(cache))
     auto = train(cfg, tmp_path / "auto", progress=False).summary["teacher"]
     assert auto["maps_runtime"] == (man["recommended"] or "torch")
-    ref = train(cfg.override(teacher_runtime="torch"), tmp_path / "torch", progress=False).summary["teacher"]
+    torch_cfg = cfg.override(teacher_maps_runtime="torch")
+    ref = train(torch_cfg, tmp_path / "torch", progress=False).summary["teacher"]
     assert ref["maps_runtime"] == "torch" and ref["hash"] == man["teacher_hash"]
     assert auto["val_dice"] == pytest.approx(ref["val_dice"], abs=0.02)

@@ -268,7 +268,28 @@ def _prepare_run_dir(out: Path, resume: bool, new_config, split: Path | None):
 
 
 def _watch(server, status_file: Path, rounds_file: Path, run_id: int, home: Path, out: Path) -> None:
-    """Print round summaries until the ServerApp reports finished or failed."""
+    """Print a line per finished round, with a live table of the sites on a terminal, until the
+    ServerApp reports finished or failed."""
+    from rich.live import Live
+
+    live = Live(console=_out, auto_refresh=False, transient=True) if _out.is_terminal else None
+    if live is None:
+        _follow(server, status_file, rounds_file, run_id, home, out, lambda _s: None)
+        return
+    with live:
+        _follow(
+            server,
+            status_file,
+            rounds_file,
+            run_id,
+            home,
+            out,
+            lambda st: live.update(_sites_table(st), refresh=True),
+        )
+
+
+def _follow(server, status_file: Path, rounds_file: Path, run_id: int, home: Path, out: Path, show) -> None:
+    """The watch loop: round lines from rounds.json, `show(status)` of status.json every poll."""
     from samfed.federation import processes as fp
     from samfed.train.run_dir import RunDir
 
@@ -277,12 +298,13 @@ def _watch(server, status_file: Path, rounds_file: Path, run_id: int, home: Path
         fp.remember_started()
         if checkpoint.is_file():  # round 0 is saved: from now on the folder is a run to resume
             (out / PENDING).unlink(missing_ok=True)
-        status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+        status = _read_json(status_file)
         if rounds_file.is_file():
-            rounds = json.loads(rounds_file.read_text())
+            rounds = _read_json(rounds_file) or []
             for rec in rounds[shown:]:
                 _out.print(_round_line(rec))
-            shown = len(rounds)
+            shown = max(shown, len(rounds))
+        show(status)
         if status.get("state") == "finished":
             _out.print(f"[green]finished[/]: validation Dice {status.get('val_dice', float('nan')):.4f}")
             return
@@ -297,12 +319,35 @@ def _watch(server, status_file: Path, rounds_file: Path, run_id: int, home: Path
         time.sleep(2)
 
 
+def _read_json(path: Path):
+    """A JSON file the ServerApp rewrites atomically; {} when absent or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _sites_table(status: dict):
+    """The live table of `samfed serve`: the round in progress and every site's state in it."""
+    from rich.table import Table
+
+    title = f"{status.get('state', 'starting')}" + (f", round {status['round']}" if "round" in status else "")
+    table = Table(title=title)
+    table.add_column("site")
+    table.add_column("state")
+    colours = {"training": "yellow", "done": "green", "failed": "red", "missing": "red"}
+    for name, state in sorted((status.get("nodes") or {}).items()):
+        table.add_row(str(name), f"[{colours.get(state, 'white')}]{state}[/]")
+    return table
+
+
 def _round_line(rec: dict) -> str:
     """One printed line for a rounds.json record."""
     missing = f"; missing {', '.join(rec['missing'])}" if rec["missing"] else ""
     rejected = f"; rejected {', '.join(str(x['name']) for x in rec['rejected'])}" if rec["rejected"] else ""
     took = f"{len(rec['answered'])} update(s) in {rec['round_wall_s']:.1f} s"
-    return f"round {rec['round']}: {took}{missing}{rejected}"
+    dice = f", global val Dice {rec['val_dice']:.3f}" if isinstance(rec.get("val_dice"), float) else ""
+    return f"round {rec['round']}: {took}{dice}{missing}{rejected}"
 
 
 def node(

@@ -123,22 +123,22 @@ def prompt_masks(prompt: str | None, glob: nn.Module, data: SegArrays, prep) -> 
 
 
 def maps_teacher(cfg: RunConfig, teacher, dataset, split, say):
-    """The teacher that computes the run's maps. cfg.teacher_runtime ``torch``, a GPU device or an
-    injected teacher: `teacher` itself; ``exported``: its recommended exported variant (ONNX
+    """The teacher that computes the run's maps. cfg.teacher_maps_runtime ``torch``, a GPU device
+    or an injected teacher: `teacher` itself; ``exported``: its recommended exported variant (ONNX
     Runtime / OpenVINO FP32, bf16, INT8; exported once per teacher hash into
     `cache_root(cfg)`/teacher_exports, INT8 calibrated on D_p); ``auto``: that variant when the
     export already exists. `teacher` stays the fallback when no variant matches it."""
     from samfed.teacher.model import Teacher
 
     on_cpu = resolve_device(cfg.device).type == "cpu"
-    if cfg.teacher_runtime == "torch" or not on_cpu or not isinstance(teacher, Teacher):
+    if cfg.teacher_maps_runtime == "torch" or not on_cpu or not isinstance(teacher, Teacher):
         return teacher
     import torch
 
     from samfed.teacher.export import has_export, labeled_images, runtime_teacher
 
     root = cache_root(cfg) / "teacher_exports"
-    if cfg.teacher_runtime == "auto" and not has_export(root, teacher.hash):
+    if cfg.teacher_maps_runtime == "auto" and not has_export(root, teacher.hash):
         return teacher
 
     def images():

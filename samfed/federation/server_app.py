@@ -100,6 +100,7 @@ class FederatedRun(ClientStep):
         self.prompt: str | None = None
         self.refused: set[int] = set()  # nodes refused for good (bad partition-id or reply)
         self.history: list[dict] = []
+        self.nodes: dict[str, str] = {}  # site name -> its state in the current round
         self.teacher_spec: dict[str, Any] = {}
         self.teacher_files: dict[str, bytes] = {}
 
@@ -107,6 +108,14 @@ class FederatedRun(ClientStep):
     def status(self, state: str, **extra: Any) -> None:
         rec = {"state": state, "time": time.time(), **extra}
         atomic_write_text(self.fed_dir / "status.json", json.dumps(rec, indent=1))
+
+    def node_state(self, node_id: int, state: str, message_type: str, rnd: int) -> None:
+        """Record a site's state in this round (training | done | failed | missing) in status.json."""
+        client = self._client_of(node_id)
+        if message_type != "train" or client is None:
+            return
+        self.nodes[client.name] = state
+        self.status("running", round=rnd, nodes=self.nodes)
 
     def log_message(
         self,
@@ -155,7 +164,7 @@ class FederatedRun(ClientStep):
         self.public_hash = P.public_digest(self.public)
         self.engine = Engine(cfg, run, dataset, split, sets, self, Reporter(self.say), cfg.clients, state)
         summary = self.engine.run_all(t_start)
-        self.status("finished", round=cfg.rounds, val_dice=summary["val_dice"])
+        self.status("finished", round=cfg.rounds, val_dice=summary["val_dice"], nodes=self.nodes)
         self.say(f"done: global validation Dice {summary['val_dice']:.4f}; run directory {run.root}")
 
     def run_config(self):
@@ -200,6 +209,10 @@ class FederatedRun(ClientStep):
         self.wait_for_nodes()
 
     def after_round(self, engine: Engine, r: int) -> None:
+        """rounds.json gains the round's validation Dice (from its metrics record)."""
+        rec = next((x for x in reversed(engine.run.read_metrics()) if x.get("event") == "round"), {})
+        if self.history and rec.get("round") == r:
+            self.history[-1]["val_dice"] = rec.get("val_dice")
         self._write_history()
 
     def mean_client(self, engine: Engine) -> int:
@@ -353,9 +366,11 @@ class FederatedRun(ClientStep):
                 if m.has_error():
                     failures[n] = f"{ERROR_NAMES.get(m.error.code, 'error')}: {m.error.reason[:300]}"
                     self.log_message(message_type, rnd, self._client_of(n), n, None, failures[n])
+                    self.node_state(n, "failed", message_type, rnd)
                 else:
                     replies[n] = m
                     self.log_message(message_type, rnd, self._client_of(n), n, m.content)
+                    self.node_state(n, "done", message_type, rnd)
             if not pending:
                 break
             now = time.monotonic()
@@ -412,8 +427,10 @@ class FederatedRun(ClientStep):
         from samfed.method.local_update import state_copy
 
         t0 = time.perf_counter()
-        self.status("running", round=r)
         targets, out = self.round_targets(r)
+        self.nodes = {c.name: "training" for c in targets}
+        self.nodes |= {m["name"] or f"client {m['client']}": "missing" for m in out.missing}
+        self.status("running", round=r, nodes=self.nodes)
         sent = {
             c.k: state_copy(engine.clients[c.k] if self.cfg.clients_keep_weights else engine.glob)
             for c in targets
@@ -528,7 +545,8 @@ class FederatedRun(ClientStep):
             "closed": closed,
         }
         self.history.append({"round": r, **fed})
-        self._write_history()
+        if not closed:  # a closed round is written by after_round, with its Dice
+            self._write_history()
         return fed
 
     def _history_path(self) -> Path:

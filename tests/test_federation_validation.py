@@ -177,7 +177,7 @@ def _train_cfg(**changes) -> dict:
     rec = {
         "round": 1,
         "seed": 12345,
-        "run-config": tomli_w.dumps({k: v for k, v in cfg.to_dict().items() if v is not None}),
+        "run-config": tomli_w.dumps(cfg.method_settings()),
         "arch": "unet-s",
         "public-hash": P.public_digest(_public()),
         "dp-clip": 0.0,
@@ -223,8 +223,10 @@ def test_server_run_config_is_validated_on_the_node():
         CA.node_run_config('evil = "x"')
     with pytest.raises(SamfedError, match="image.size"):
         CA.node_run_config("image_size = 30")
-    # a GPU server's device setting does not stop a CPU node
-    assert CA.node_run_config('device = "cuda"').device == "cuda"
+    # machine settings (the server's paths, threads, device) never reach a node; one that does is refused
+    for line in ('device = "cuda"', 'data = "/srv/hospital-a"', "threads = 64"):
+        with pytest.raises(SamfedError, match="machine settings"):
+            CA.node_run_config(line)
 
 
 def test_server_weights_must_fit_the_model():
@@ -275,7 +277,7 @@ def test_local_round_refuses_bad_server_values_before_touching_disk_and_runs_goo
         run64 = CA.node_run_config(_train_cfg()["run-config"]).override(image_size=64)
         import tomli_w
 
-        text = tomli_w.dumps({k: v for k, v in run64.to_dict().items() if v is not None})
+        text = tomli_w.dumps(run64.method_settings())
         CA.local_round(node, _train_cfg(**{"public-hash": digest, "run-config": text}), content)
     bad_weights = RecordDict({P.GLOBAL: P.state_record({"w": torch.zeros(3)})})
     with pytest.raises(SamfedError, match="global weights do not fit"):

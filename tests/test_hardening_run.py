@@ -480,7 +480,7 @@ def test_auto_threads_without_getloadavg(monkeypatch):
         ["models"],
         ["train", "--out", "{tmp}/run", "--quiet"],
         ["export", "{tmp}/run"],
-        ["evaluate", "{tmp}/run", "--data", "{tmp}"],
+        ["evaluate", "{tmp}/trained", "--data", "{tmp}"],  # a run directory: its checkpoints need torch
         ["teacher", "info"],
     ],
 )
@@ -494,6 +494,8 @@ def test_verbs_without_torch_say_what_to_install(tmp_path, args):
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
         "SAMFED_SIGNING_KEY": str(tmp_path / "config" / "key.pem"),
     }
+    (tmp_path / "trained" / "global").mkdir(parents=True)
+    (tmp_path / "trained" / "global" / "student.json").write_text("{}")
     out = cli_subprocess(*[a.format(tmp=tmp_path) for a in args], env=env)
     line = one_error_line(out.stderr)
     assert out.returncode == 1 and "needs torch" in line and "pip install samfed[train]" in line

@@ -35,3 +35,24 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def same(a: dict, b: dict) -> bool:
     """Identical keys and bit-identical tensors."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def run_cli(capsys, *args: object) -> tuple[int, str, str]:
+    """`samfed ARGS` in this process: (exit code, stdout, stderr)."""
+    from cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_error_line(text: str) -> str:
+    """The single `error:` line of a CLI failure (and no traceback)."""
+    assert "Traceback" not in text, text
+    errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, text
+    return errors[0]

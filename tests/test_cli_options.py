@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 import pytest
+from run_helpers import run_cli
 
-from cli import main
 from samfed.commands.choices import names_of, setting_choices
 from samfed.commands.renamed import Renamed
 from samfed.errors import SamfedError
@@ -17,13 +17,8 @@ DEPRECATED = "is deprecated; use"
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
     """`samfed ARGS` in this process: (exit code, stdout, stderr with whitespace collapsed)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    res = capsys.readouterr()
-    return code, res.out, " ".join(res.err.split())
+    code, out, err = run_cli(capsys, *args)
+    return code, out, " ".join(err.split())
 
 
 def test_rewrite_old_flags_and_values(capsys):

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from export_helpers import tiny_checkpoint
 from PIL import Image
+from run_helpers import one_error_line, run_cli
 
-from cli import main
 from edge.manifest import load_manifest
 from export.build import export_student
 from samfed.metrics import HD95_CONVENTIONS, hd95
@@ -29,20 +29,8 @@ BLOCKED = ["torch", "torchvision", "onnx", "nncf", "scipy", "safetensors", "timm
 
 def run_main(capsys, *args: object) -> tuple[int, str]:
     """`samfed ARGS` in this process: (exit code, stderr + stdout)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.err + out.out
-
-
-def one_error_line(text: str) -> str:
-    assert "Traceback" not in text, text
-    errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, text
-    return errors[0]
+    code, out, err = run_cli(capsys, *args)
+    return code, err + out
 
 
 def read_csv(path: Path) -> dict[str, dict[str, float]]:

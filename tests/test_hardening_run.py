@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_helpers import TINY, tiny
+from run_helpers import TINY, one_error_line, run_cli, tiny
 
-from cli import main
 from samfed.config import RunConfig
 from samfed.engine.checks import auto_threads
 from samfed.errors import SamfedError
@@ -39,22 +38,8 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 def run_main(capsys, *args: str) -> tuple[int, str]:
     """`samfed ARGS` in this process: (exit code, stderr + stdout)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.err + out.out
-
-
-def one_error_line(text: str) -> str:
-    """The single `error:` line of a CLI failure (and no traceback)."""
-    assert "Traceback" not in text, text
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    assert len(errors) == 1, text
-    return errors[0]
+    code, out, err = run_cli(capsys, *args)
+    return code, err + out
 
 
 def cli_subprocess(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -157,6 +157,8 @@ class FederatedRun(ClientStep):
             raise SamfedError(
                 f"{run.root} already holds a started run; resume it or choose another run directory."
             )
+        if not run.start_config.is_file():  # the settings a later resume must keep
+            atomic_write_text(run.start_config, cfg.to_toml())
         torch.set_num_threads(run_threads(cfg, state))
         dataset, split = server_data(cfg, run, self.say)
         sets = server_sets(dataset, split, cfg)

@@ -157,7 +157,9 @@ class RunConfig:
     local_epochs: int = setting(1, ge=1, le=10_000)
     server_epochs: int = setting(20, ge=0, le=10_000)  # initial supervised training on D_p
     warmup_epochs: int = setting(10, ge=0, le=10_000)  # client warm-up on D_p (heterogeneous students only)
-    distill_epochs: int = setting(5, ge=1, le=10_000)  # server ensemble distillation per round
+    distill_epochs: int = setting(5, ge=1, le=10_000)
+    # after each aggregation, re-estimate the global model's BatchNorm statistics on D_p (clean)
+    bn_recalibration: bool = setting(False)  # server ensemble distillation per round
     batch_size: int = setting(8, ge=1, le=4096)
     # client-level differential privacy (aggregation dp-fedavg): update clip norm C (0: off), noise
     # multiplier sigma (noise std sigma * C on the sum), delta of the reported (epsilon, delta)

@@ -302,3 +302,24 @@ def test_kd_weight_and_gate():
     assert _kd_gate(toy_cfg(kd_gate="none"), s, g) is None
     assert _kd_gate(toy_cfg(kd_gate="teacher"), s, g).flatten().tolist() == [1.0, 0.0, 1.0, 0.0]
     assert _kd_gate(toy_cfg(kd_gate="teacher"), None, g) is None  # no teacher (samfed-no-sam): plain KD
+
+
+def test_bn_recalibration_re_estimates_statistics_on_clean_images_only():
+    from samfed.config import RunConfig
+    from samfed.method.arrays import SegArrays
+    from samfed.method.server import recalibrate_bn
+    from samfed.preprocess import Preprocessing, normalize
+
+    g = np.random.default_rng(0)
+    images = g.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    labeled = SegArrays(images, np.zeros((8, 32, 32), bool), [str(i) for i in range(8)])
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 1, 1))
+    model[0].running_mean.fill_(5.0)  # stale statistics, as after augmented local training
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    cfg = RunConfig(image_size=32, batch_size=4)
+    assert recalibrate_bn(model.eval(), labeled, cfg) == 1
+    x = normalize(images, Preprocessing(size=32))  # (N, 3, S, S), what D_p's batches hold
+    assert torch.allclose(model[0].running_mean, torch.from_numpy(x.mean(axis=(0, 2, 3))), atol=1e-5)
+    assert model[0].momentum == 0.1 and not model.training
+    assert all(torch.equal(dict(model.named_parameters())[k], v) for k, v in weights.items())
+    assert recalibrate_bn(torch.nn.Sequential(torch.nn.GroupNorm(1, 3)), labeled, cfg) == 0

@@ -196,3 +196,9 @@ def test_embedding_cached_teacher_matches_the_teacher(tmp_path):
     assert np.array_equal(first, again)
     assert np.abs(first - direct).max() < 0.02  # embeddings are cached as float16
     assert wrapped.hash == teacher.hash and wrapped.prompt == "full-box"
+
+
+def test_bn_recalibration_runs_after_each_aggregation(tmp_path):
+    run = train(tiny(rounds=1, bn_recalibration=True), tmp_path / "r", progress=False)
+    rounds = [r for r in RunDir(run.run_dir).read_metrics() if r["event"] == "round" and r["round"] == 1]
+    assert rounds[0]["bn_recalibrated"] > 0

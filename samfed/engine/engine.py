@@ -35,7 +35,7 @@ from samfed.engine.teacher import compute_maps, maps_teacher, prepare_teacher, p
 from samfed.method.aggregation import ClientResult, aggregate
 from samfed.method.local_update import state_copy
 from samfed.method.methods import method_spec
-from samfed.method.server import warmup_client
+from samfed.method.server import recalibrate_bn, warmup_client
 from samfed.preprocess import Preprocessing
 from samfed.train.compare import mean_client_size, round0_dice, supervised_rounds, teacher_warning
 from samfed.train.evaluation import map_dice
@@ -248,6 +248,8 @@ class Engine:
                 aggregate_seed(cfg.seed, r),
             )
             self.glob.load_state_dict(new_state)
+            if cfg.bn_recalibration:
+                agg["bn_recalibrated"] = recalibrate_bn(self.glob, self.sets.labeled, cfg)
         require_finite(self.glob, run, f"round {r}, aggregation", None, r)
         seconds = time.perf_counter() - t0
         log_round(self, r, {**agg, **got.facts}, client_metrics, seconds)

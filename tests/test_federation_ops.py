@@ -511,7 +511,7 @@ def test_systemd_units_reference_real_flags_and_the_documented_config_files(unit
 
 
 def test_windows_service_definition_references_real_flags_and_the_node_file():
-    path = DOCS / "windows" / "samfed-node.xml"
+    path = DOCS / "windows" / "samfed-node.xml.example"
     root = ET.parse(path).getroot()
     installs = re.findall(r"^\s*install: (\S+) -> (\S+)", path.read_text(), re.M)
     argv = [root.findtext("executable"), *root.findtext("arguments").split()]
@@ -523,7 +523,7 @@ def test_windows_service_definition_references_real_flags_and_the_node_file():
 def test_federation_doc_points_at_the_shipped_files():
     text = (DOCS / "federation.md").read_text()
     for name in ("server.example.toml", "node.example.toml", "systemd/samfed-serve.service",
-                 "systemd/samfed-node.service", "windows/samfed-node.xml"):  # fmt: skip
+                 "systemd/samfed-node.service", "windows/samfed-node.xml.example"):  # fmt: skip
         assert f"docs/{name}" in text and (DOCS / name).is_file(), name
     assert "python -m samfed.federation.tls" not in text  # `samfed certs` replaced it
 

@@ -84,7 +84,9 @@ def merged_copy(teacher: Teacher) -> Teacher:
     """A deep copy with LoRA folded into plain weights, eval mode (the caller's teacher is untouched)."""
     t = copy.deepcopy(teacher)
     merge_lora(t.sam)
-    return t.eval()  # recompute TinyViT's cached attention biases on the copy (trap 1)
+    # TinyViT caches its attention biases when switched to eval mode: switching after the merge
+    # makes the copy's cache match its (merged) weights
+    return t.eval()
 
 
 def _onnx_export(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import typer
 
 from samfed.commands.choices import setting_choices
 from samfed.errors import SamfedError
 
 _D = "(default: {})"
+ENGINES = ("in-process", "flower-sim")
 
 
 def _default(name: str) -> str:
@@ -108,6 +110,14 @@ def train(
         False, "--resume", help="Continue the run in --out after its last finished round."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    engine: str = typer.Option(
+        "in-process",
+        "--engine",
+        click_type=click.Choice(ENGINES),
+        help="in-process: every client in this process, one after another; flower-sim: the Flower "
+        "ServerApp and ClientApp of `samfed serve`/`samfed node` in Flower's simulation runtime, one "
+        "virtual SuperNode per client (--clients N; needs pip install 'samfed[sim]') (default: in-process).",
+    ),
 ) -> None:
     """Train SAM-Fed (or a baseline) in-process and write a run directory."""
     import time
@@ -168,9 +178,21 @@ def train(
             )
     if cfg.data is not None and not Path(cfg.data).is_dir():
         raise SamfedError(f"Dataset folder {cfg.data} does not exist.")
-    from samfed.train.runner import train as run_training
+    _run(engine, cfg, out, resume, Console(quiet=quiet))
 
-    console = Console(quiet=quiet)
-    result = run_training(cfg, out, resume=resume, console=console, progress=not quiet)
-    if quiet:  # the run said it on the console otherwise
-        print(f"report: {result.report}")
+
+def _run(engine: str, cfg, out: Path, resume: bool, console) -> None:
+    """Run `cfg` into `out` on `engine`; the report's path is printed last (also when quiet)."""
+    if engine == "flower-sim":
+        from samfed.federation.simulation import run_simulation
+        from samfed.train.run_dir import RunDir
+
+        run_simulation(cfg, out, resume=resume, say=lambda s: console.print(s, markup=False, highlight=False))
+        report = RunDir(Path(out).expanduser().resolve()).report_html
+    else:
+        from samfed.train.runner import train as run_training
+
+        report = run_training(cfg, out, resume=resume, console=console, progress=not console.quiet).report
+        if not console.quiet:  # the run said it on the console
+            return
+    print(f"report: {report}")

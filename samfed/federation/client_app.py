@@ -276,7 +276,12 @@ def node_teacher_maps(node: NodeSettings, data, spec: dict[str, Any], cfg, globa
 
 
 def _settings(context: Context) -> NodeSettings:
-    return NodeSettings.from_node_config(dict(context.node_config))
+    """The node's settings from its node config; a virtual node of Flower's simulation runtime
+    (partition-id only) gets the rest from this machine's simulation nodes file, never from the
+    server (`simulation.simulated_node_config`)."""
+    from samfed.federation.simulation import simulated_node_config
+
+    return NodeSettings.from_node_config(simulated_node_config(dict(context.node_config)))
 
 
 def _config(msg: Message):

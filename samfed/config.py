@@ -167,6 +167,8 @@ class RunConfig:
     dp_noise: float = setting(0.0, ge=0, le=1e6)
     dp_delta: float = setting(1e-5, gt=0, lt=1)
     lr: float = setting(1e-3, gt=0, le=1)
+    # linear learning-rate warm-up over the first N steps of every optimiser (a fresh Adam per update)
+    lr_warmup: int = setting(10, ge=0, le=100_000)
     weight_decay: float = setting(1e-4, ge=0, le=1)
     # "bf16": bfloat16 autocast + channels-last
     precision: str = setting("fp32", choices=registry("samfed.method.precision", "PRECISIONS"))

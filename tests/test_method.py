@@ -12,7 +12,7 @@ from samfed.method.aggregation import ClientResult, aggregate, fedavg
 from samfed.method.agreement import NEEDS_GLOBAL, agreement, agreement_stats
 from samfed.method.arrays import SegArrays, generator, predict_proba
 from samfed.method.augment import strong_augment, weak_augment
-from samfed.method.local_update import client_update, supervised_steps
+from samfed.method.local_update import client_update, make_optimizer, supervised_steps
 from samfed.method.losses import kd_loss, seg_loss, sigmoid_rampup, weighted_bce, weighted_soft_dice
 from samfed.models import create_student
 
@@ -323,3 +323,35 @@ def test_bn_recalibration_re_estimates_statistics_on_clean_images_only():
     assert model[0].momentum == 0.1 and not model.training
     assert all(torch.equal(dict(model.named_parameters())[k], v) for k, v in weights.items())
     assert recalibrate_bn(torch.nn.Sequential(torch.nn.GroupNorm(1, 3)), labeled, cfg) == 0
+
+
+def test_optimizer_warms_the_learning_rate_up_linearly_unless_from_scratch():
+    model = torch.nn.Linear(3, 1)
+    cfg = RunConfig(lr=1e-3, lr_warmup=4)
+    opt, sched = make_optimizer(model, cfg)
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    for opt, _ in (make_optimizer(model, cfg, warmup=False), make_optimizer(model, RunConfig(lr_warmup=0))):
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_warmup_shrinks_the_first_steps_of_an_update_from_trained_weights():
+    """A fresh Adam's first step moves every weight by about lr, however small its gradient."""
+    torch.manual_seed(0)
+    start = create_student("unet-s").state_dict()
+    moved = {}
+    for warmup in (0, 10):
+        model = create_student("unet-s")
+        model.load_state_dict(start)
+        opt, sched = make_optimizer(model, RunConfig(lr=1e-3, lr_warmup=warmup))
+        model(torch.randn(2, 3, 64, 64)).mean().backward()
+        opt.step()
+        sched.step()
+        w, w0 = model.state_dict()["head.weight"], start["head.weight"]
+        moved[warmup] = float((w - w0).abs().mean())
+    assert moved[0] == pytest.approx(1e-3, rel=0.05)
+    assert moved[10] == pytest.approx(1e-4, rel=0.05)

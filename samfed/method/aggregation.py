@@ -107,7 +107,7 @@ def aggregate_distill(
     total_kd = total_sup = 0.0
     device = model_device(global_model)
     with training_layout(cfg.precision, global_model):
-        opt = make_optimizer(global_model, cfg)
+        opt, sched = make_optimizer(global_model, cfg)
         for _ in range(steps):
             x, y = labeled_data.batch(cyc.take(b), prep, device)
             if cfg.weak_aug:
@@ -121,6 +121,7 @@ def aggregate_distill(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             total_kd += float(loss_kd.detach())
             total_sup += float(loss_sup.detach())
     return state_copy(global_model), {"distill_kd": total_kd / steps, "distill_sup": total_sup / steps}

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from samfed.config import RunConfig
 from samfed.method.agreement import NEEDS_GLOBAL, agreement, agreement_stats
@@ -52,11 +53,20 @@ def ramps(cfg: RunConfig, progress: float) -> Ramps:
     return Ramps(cfg.lambda_sam * r, cfg.lambda_kd * r, sigmoid_rampup(progress, cfg.agreement_rampup))
 
 
-def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    """Adam with the run's learning rate and weight decay (a fresh one per local update); the fused
-    CUDA kernel on a GPU (one launch per step instead of several per parameter)."""
+def make_optimizer(
+    model: nn.Module, cfg: RunConfig, warmup: bool = True
+) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """Adam with the run's learning rate and weight decay (a fresh one per update), and its linear
+    warm-up: the learning rate ramps from lr / W to lr over the first W = cfg.lr_warmup steps (call
+    `sched.step()` after every `opt.step()`; W = 0 or warmup=False: none). A fresh Adam's
+    bias-corrected first steps are about lr * sign(g) for every parameter, whatever the gradient's
+    size; the warm-up keeps those first steps of a round from undoing the trained weights it starts
+    from (training from scratch passes warmup=False). The fused CUDA kernel on a GPU (one launch per
+    step instead of several per parameter)."""
     fused = True if model_device(model).type == "cuda" else None  # None: torch's default on a CPU
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    steps = cfg.lr_warmup if warmup else 0
+    return opt, LambdaLR(opt, lambda t: min(1.0, (t + 1) / steps) if steps > 0 else 1.0)
 
 
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -85,8 +95,10 @@ def supervised_steps(
     steps: int,
     seed: int,
     prep: Preprocessing | None = None,
+    warmup: bool = True,
 ) -> dict[str, float]:
-    """`steps` Adam steps of BCE + Dice on weakly augmented labeled batches; returns mean loss."""
+    """`steps` Adam steps of BCE + Dice on weakly augmented labeled batches (`make_optimizer`'s
+    learning-rate warm-up unless warmup=False: training from scratch); returns mean loss."""
     prep = prep or Preprocessing(size=cfg.image_size)
     gen = generator(seed, "supervised")
     torch.manual_seed(seed % (2**63))
@@ -95,7 +107,7 @@ def supervised_steps(
     model.train()
     total = torch.zeros((), device=device)
     with training_layout(cfg.precision, model):
-        opt = make_optimizer(model, cfg)
+        opt, sched = make_optimizer(model, cfg, warmup)
         for _ in range(steps):
             idx = cyc.take(min(cfg.batch_size, len(labeled)))
             x, y = _labeled_batch(labeled, idx, cfg, prep, gen, device)
@@ -103,6 +115,7 @@ def supervised_steps(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             total += loss.detach()
     return {"loss": float(total) / max(steps, 1), "steps": steps}
 
@@ -158,7 +171,7 @@ def client_update(
 
     sums: dict[str, torch.Tensor] = {}  # device tensors: one host sync at the end, not per step
     with training_layout(cfg.precision, local_model, frozen_global):
-        opt = make_optimizer(local_model, cfg)
+        opt, sched = make_optimizer(local_model, cfg)
         for step in range(steps):
             rp = ramps(cfg, round - 1 + step / steps)
             xl, yl = _labeled_batch(labeled_data, cyc_l.take(b_l), cfg, prep, gen, device)
@@ -191,6 +204,7 @@ def client_update(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             for k, v in {
                 "loss": loss,
                 "loss_sup": loss_sup,

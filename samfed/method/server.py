@@ -26,9 +26,9 @@ from samfed.method.local_update import epoch_steps, supervised_steps
 
 
 def init_global(model: nn.Module, labeled: SegArrays, cfg: RunConfig, seed: int) -> dict[str, float]:
-    """Supervised training of the global model on D_p, in place."""
+    """Supervised training of the global model on D_p from scratch, in place."""
     steps = epoch_steps(len(labeled), min(cfg.batch_size, len(labeled)), cfg.server_epochs)
-    return supervised_steps(model, labeled, cfg, steps, derive_seed(seed, "init_global"))
+    return supervised_steps(model, labeled, cfg, steps, derive_seed(seed, "init_global"), warmup=False)
 
 
 def warmup_client(
@@ -39,7 +39,7 @@ def warmup_client(
         local_model.load_state_dict(global_model.state_dict())
         return {"loss": 0.0, "steps": 0, "copied_global": 1}
     steps = epoch_steps(len(labeled), min(cfg.batch_size, len(labeled)), cfg.warmup_epochs)
-    return supervised_steps(local_model, labeled, cfg, steps, seed)
+    return supervised_steps(local_model, labeled, cfg, steps, seed, warmup=False)
 
 
 def baseline_round(

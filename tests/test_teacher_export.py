@@ -353,3 +353,16 @@ def test_inprocess_run_computes_maps_with_the_cached_export_of_its_teacher(real_
     ref = train(torch_cfg, tmp_path / "torch", progress=False).summary["teacher"]
     assert ref["maps_runtime"] == "torch" and ref["hash"] == man["teacher_hash"]
     assert auto["val_dice"] == pytest.approx(ref["val_dice"], abs=0.02)
+
+
+def test_parity_images_are_every_labeled_image_but_the_calibration_ones(polyp_dir):
+    from samfed.data.readers import load_dataset
+    from samfed.teacher.export import labeled_images
+    from samfed.teacher.transforms import TeacherInput
+
+    ds = load_dataset(polyp_dir)
+    spec = TeacherInput(size=64)
+    sets = labeled_images(ds, ds.ids[:10], spec, n_calib=4)
+    assert (len(sets.calib), len(sets.parity), len(sets.masks)) == (4, 6, 6)
+    calib, parity = {a.tobytes() for a in sets.calib}, {a.tobytes() for a in sets.parity}
+    assert not calib & parity

@@ -390,13 +390,15 @@ def labeled_images(
     dataset, labeled_ids: Sequence[str], spec, seed: int = 0, n_calib: int = 32, holdout_fraction: float = 0.2
 ) -> LabeledImages:
     """The server's labeled set split as teacher fine-tuning splits it (`samfed.teacher.data.holdout`):
-    up to `n_calib` of the fine-tuning images calibrate INT8, the early-stopping images (with their
-    masks) check parity; with a single labeled image, it serves both."""
+    up to `n_calib` of the fine-tuning images calibrate INT8; every other labeled image (the
+    early-stopping images and the fine-tuning images left over, with their masks) checks parity, so
+    a variant is judged on as many images as the server has but never on its calibration images;
+    with a single labeled image, it serves both."""
     from samfed.teacher.data import holdout, load_pairs
 
     train_ids, hold_ids = holdout(labeled_ids, holdout_fraction, seed)
     calib, _ = load_pairs(dataset, train_ids[:n_calib] or hold_ids[:n_calib], spec)
-    parity, masks = load_pairs(dataset, hold_ids or train_ids[:n_calib], spec)
+    parity, masks = load_pairs(dataset, [*hold_ids, *train_ids[n_calib:]] or train_ids[:n_calib], spec)
     return LabeledImages(calib, parity, masks)
 
 

@@ -8,10 +8,15 @@ loopback port for its local ClientApp runtime. `flwr` reads its SuperLink connec
 `$FLWR_HOME/config.toml` (`write_flwr_home`: the loopback Control address); it never needs the
 internet.
 
-Every process runs with `child_env` (telemetry off, this interpreter's bin folder on PATH) in a
-session of its own (a Ctrl-C in the terminal reaches only the foreground command, which then stops
-its children cleanly), and is stopped by PID together with every descendant seen (Flower's
-SuperExec, ServerApp and ClientApp processes), terminate first, kill after a grace period;
+A SuperNode runs through `samfed.federation.supernode` (`supernode_command`): Flower's SuperNode
+with a warm ClientApp executor (`samfed.federation.warm_exec`) and shorter polling waits, so a round
+costs little more than its local training (docs/federation.md, *Round overhead*).
+
+Every process runs with `child_env` (telemetry off, this interpreter's bin folder on PATH, a short
+SuperExec task poll) in a session of its own (a Ctrl-C in the terminal reaches only the foreground
+command, which then stops its children cleanly), and is stopped by PID together with every
+descendant seen (Flower's SuperExec, ServerApp and ClientApp processes, the warm executor),
+terminate first, kill after a grace period;
 `stopping_on_exit` does that for everything started inside it, on SIGTERM and SIGINT too.
 `LocalFederation` bundles a server and N SuperNodes on one machine for tests and single-machine
 trials. Torch-free.
@@ -44,6 +49,8 @@ SERVER_COMPONENT = "samfed.federation.server_app:app"
 CLIENT_COMPONENT = "samfed.federation.client_app:app"
 TELEMETRY_OFF = {"FLWR_TELEMETRY_ENABLED": "0"}
 EXTRA_API_SWITCHES = ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # Flower's: seconds between SuperExec task polls
+TASK_POLL_S = 0.2  # Flower's default is slower: a delay before every ClientApp and ServerApp
 
 
 def flower_bin(name: str) -> str:
@@ -63,11 +70,13 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     This process's environment plus `extra`, then: Flower telemetry off; this interpreter's bin
     folder first on PATH (Flower starts flower-superexec, flwr-serverapp and flwr-clientapp from
     PATH, so a samfed started by its full path without the venv activated still finds them);
-    without Flower's switches that open extra gRPC API ports on their default (public) addresses.
+    without Flower's switches that open extra gRPC API ports on their default (public) addresses;
+    Flower's SuperExec task poll at `TASK_POLL_S` unless set.
     """
     env = {k: v for k, v in os.environ.items() if k not in EXTRA_API_SWITCHES}
     env.update({k: v for k, v in (extra or {}).items() if k not in EXTRA_API_SWITCHES})
     env.update(TELEMETRY_OFF)
+    env.setdefault(TASK_POLL_ENV, str(TASK_POLL_S))
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env["PATH"]]) if env.get("PATH") else bin_dir
     return env
@@ -443,8 +452,11 @@ def supernode_command(
     auth_key: Path | None = None,
     host: str = "127.0.0.1",
 ) -> list[str]:
-    """`flower-supernode` arguments; `port` is the node's local ClientApp runtime port (loopback)."""
-    cmd = [flower_bin("flower-supernode"), "--superlink", superlink, "--host", host, "--port", str(port)]
+    """The command of a SuperNode: `flower-supernode` arguments, run through
+    `samfed.federation.supernode` (warm ClientApps, shorter waits); `port` is the node's local
+    ClientApp runtime port (loopback)."""
+    cmd = [sys.executable, "-m", "samfed.federation.supernode", flower_bin("flower-supernode")]
+    cmd += ["--superlink", superlink, "--host", host, "--port", str(port)]
     cmd += ["--node-config", format_node_config(node_config)]
     if root_cert is None:
         cmd.append("--insecure")

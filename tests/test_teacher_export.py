@@ -57,6 +57,15 @@ def test_recommendation_picks_the_fastest_variant_whose_parity_holds():
     assert recommend_variant(variants, torch_dice_vs_gt=0.804)[0] == "openvino-int8"
 
 
+def test_reduced_precision_needs_parity_on_enough_images():
+    from samfed.teacher.export import recommend_variant
+
+    variants = {"openvino-fp32": _variant(1.0, 1.0, 0.7), "openvino-bf16": _variant(1.0, 1.0, 0.4)}
+    assert recommend_variant(variants, parity_images=16)[0] == "openvino-bf16"
+    best, _, notes = recommend_variant(variants, parity_images=6)
+    assert best == "openvino-fp32" and "6 images" in notes[0]
+
+
 def test_recommendation_falls_back_when_parity_fails_or_was_not_measured():
     from samfed.teacher.export import recommend_variant
 
@@ -362,7 +371,8 @@ def test_parity_images_are_every_labeled_image_but_the_calibration_ones(polyp_di
 
     ds = load_dataset(polyp_dir)
     spec = TeacherInput(size=64)
-    sets = labeled_images(ds, ds.ids[:10], spec, n_calib=4)
-    assert (len(sets.calib), len(sets.parity), len(sets.masks)) == (4, 6, 6)
+    sets = labeled_images(ds, ds.ids[:20], spec, n_calib=4)
+    assert (len(sets.calib), len(sets.parity), len(sets.masks)) == (4, 16, 16)
+    assert len(labeled_images(ds, ds.ids[:10], spec).calib) == 4  # at most half of the 8 fine-tuning images
     calib, parity = {a.tobytes() for a in sets.calib}, {a.tobytes() for a in sets.parity}
     assert not calib & parity

@@ -60,6 +60,7 @@ INT8_FLOAT_NODES: tuple[str, ...] = ()
 PARITY_DICE_MEAN = 0.99  # masks of a usable variant agree with torch's at least this much on average
 PARITY_DICE_MIN = 0.95  # ... and on every image
 MAX_GT_DICE_LOSS = 0.005  # Dice against ground truth may drop by at most 0.5 point
+MIN_REDUCED_PARITY_IMAGES = 16  # a bf16 or INT8 variant is recommended only after parity on this many
 
 
 class _Decoder(nn.Module):
@@ -227,7 +228,9 @@ def export_teacher(
         )
         for key, entry in report.pop("variants").items():
             manifest["variants"][key].update(entry)
-        best, reason, notes = recommend_variant(manifest["variants"], report.get("dice_vs_gt"))
+        best, reason, notes = recommend_variant(
+            manifest["variants"], report.get("dice_vs_gt"), report["images"]
+        )
         manifest |= {
             "parity": report,
             "recommended": best,
@@ -340,17 +343,26 @@ def parity_problem(parity: dict, torch_dice_vs_gt: float | None = None) -> str |
 
 
 def recommend_variant(
-    variants: dict[str, dict], torch_dice_vs_gt: float | None = None
+    variants: dict[str, dict], torch_dice_vs_gt: float | None = None, parity_images: int | None = None
 ) -> tuple[str | None, str, list[str]]:
     """(fastest variant whose parity holds or None, one-line reason, warnings about rejected ones).
 
-    variants: key -> {"parity": {...}, "s_per_image": float, ...} (entries without both are skipped)."""
+    variants: key -> {"parity": {...}, "s_per_image": float, ...} (entries without both are skipped).
+    parity_images: how many images the parity was measured on; with fewer than
+    MIN_REDUCED_PARITY_IMAGES only FP32 variants qualify (a reduced-precision variant's rare bad
+    images do not show on a few)."""
     measured = {k: v for k, v in variants.items() if "parity" in v and "s_per_image" in v}
     if not measured:
         return None, "no parity was measured (export without parity images)", []
     notes, passing = [], {}
+    few = parity_images is not None and parity_images < MIN_REDUCED_PARITY_IMAGES
     for key, v in measured.items():
         why = parity_problem(v["parity"], torch_dice_vs_gt)
+        if why is None and few and not key.endswith("-fp32"):
+            why = (
+                f"parity was measured on {parity_images} images "
+                f"(reduced precision needs {MIN_REDUCED_PARITY_IMAGES})"
+            )
         if why is None:
             passing[key] = v
         else:
@@ -390,13 +402,14 @@ def labeled_images(
     dataset, labeled_ids: Sequence[str], spec, seed: int = 0, n_calib: int = 32, holdout_fraction: float = 0.2
 ) -> LabeledImages:
     """The server's labeled set split as teacher fine-tuning splits it (`samfed.teacher.data.holdout`):
-    up to `n_calib` of the fine-tuning images calibrate INT8; every other labeled image (the
-    early-stopping images and the fine-tuning images left over, with their masks) checks parity, so
-    a variant is judged on as many images as the server has but never on its calibration images;
-    with a single labeled image, it serves both."""
+    up to `n_calib` of the fine-tuning images, at most half of them, calibrate INT8; every other
+    labeled image (the early-stopping images and the fine-tuning images left over, with their
+    masks) checks parity, so a variant is judged on as many images as the server has but never on
+    its calibration images; with a single labeled image, it serves both."""
     from samfed.teacher.data import holdout, load_pairs
 
     train_ids, hold_ids = holdout(labeled_ids, holdout_fraction, seed)
+    n_calib = min(n_calib, max(1, len(train_ids) // 2))
     calib, _ = load_pairs(dataset, train_ids[:n_calib] or hold_ids[:n_calib], spec)
     parity, masks = load_pairs(dataset, [*hold_ids, *train_ids[n_calib:]] or train_ids[:n_calib], spec)
     return LabeledImages(calib, parity, masks)

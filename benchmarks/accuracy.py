@@ -318,13 +318,11 @@ def ensure_init(args, seed: int) -> None:
     from samfed.data.readers import load_dataset
     from samfed.engine.data import load_sets, new_split
     from samfed.engine.models import cached_init_global, new_model
-    from samfed.train.run_dir import RunDir
 
     cfg = row_config(args, "supervised", seed)
     dataset = load_dataset(cfg.data)
     sets = load_sets(dataset, new_split(cfg, dataset), cfg)
-    run = RunDir(args.out / "teachers" / f"seed{seed}")
-    cached_init_global(new_model(cfg.global_arch, cfg, "global"), sets.labeled, cfg, run)
+    cached_init_global(new_model(cfg.global_arch, cfg, "global"), sets.labeled, cfg)
 
 
 class BudgetSpent(KeyboardInterrupt):

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     per_image_dice = {v: [] for v in AGREEMENTS}
     for k, ids in enumerate(split.clients):
         data = split_arrays(dataset, ids, cfg.image_size, True)
-        s = torch.from_numpy(compute_maps(teacher, dataset, ids, cfg, run))[:, None]
+        s = torch.from_numpy(compute_maps(teacher, dataset, ids, cfg))[:, None]
         g = torch.from_numpy(predict_proba(glob, data, prep))[:, None]
         local, _ = load_student_checkpoint(run.client_dir(k))
         loc = torch.from_numpy(predict_proba(local, data, prep))[:, None]

@@ -71,7 +71,7 @@ def one_seed(cfg: RunConfig, root: Path, with_global: bool, panels: int) -> dict
         "synth_seconds": time.perf_counter() - t0,
     }
     teacher, info = prepare_teacher(cfg, run, dataset, split, log)
-    maps = compute_maps(teacher, dataset, sets.val.ids, cfg, run)
+    maps = compute_maps(teacher, dataset, sets.val.ids, cfg)
     row.update(
         teacher_val_dice=map_dice(maps, sets.val.masks),
         teacher_holdout_dice=info.get("best_val_dice_holdout"),
@@ -84,7 +84,7 @@ def one_seed(cfg: RunConfig, root: Path, with_global: bool, panels: int) -> dict
     if with_global:
         t1 = time.perf_counter()
         glob = new_model(cfg.global_arch, cfg, "global")
-        cached_init_global(glob, sets.labeled, cfg, run)
+        cached_init_global(glob, sets.labeled, cfg)
         rows = evaluate_arrays(glob, sets.val, Preprocessing(size=cfg.image_size), with_hd95=False)
         row["global_round0_val_dice"] = float(np.mean([r["dice"] for r in rows]))
         row["global_seconds"] = time.perf_counter() - t1

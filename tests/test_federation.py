@@ -186,7 +186,6 @@ def test_node_teacher_maps_match_the_runner_and_are_reused_without_the_weights(t
     from samfed.engine.teacher import compute_maps
     from samfed.federation.client_app import NodeSettings, node_data, node_teacher_maps
     from samfed.teacher import load_teacher, save_teacher
-    from samfed.train.run_dir import RunDir
 
     data = write_synthetic("polyp", 1, tmp_path / "data", seed=3, size=64)
     teacher = load_teacher("litemedsam", prompt="none")
@@ -200,7 +199,7 @@ def test_node_teacher_maps_match_the_runner_and_are_reused_without_the_weights(t
     cfg, spec = RunConfig(image_size=64), {"teacher-kind": "torch", "teacher-ref": ref_digest}
     images = node_data(node, 64)
     first = node_teacher_maps(node, images, spec, cfg, None, 1)
-    ref = compute_maps(teacher, load_dataset(data), images.ids, cfg, RunDir(tmp_path / "inproc"))
+    ref = compute_maps(teacher, load_dataset(data), images.ids, cfg)
     assert first.shape == (1, 64, 64) and np.array_equal(first, ref)
     shutil.rmtree(tmp_path / "work" / "maps")
     (folder / "teacher.safetensors").unlink()  # a later run reads the cache and never loads the weights

@@ -177,7 +177,7 @@ class Engine:
         info["maps_runtime"] = getattr(self.maps_teacher, "variant", "torch")
         self.step.on_teacher(self, self.teacher)
         masks = prompt_masks(self.teacher.prompt, self.glob, sets.val, self.prep)
-        sets.val_maps = compute_maps(self.maps_teacher, self.dataset, sets.val.ids, cfg, self.run, masks)
+        sets.val_maps = compute_maps(self.maps_teacher, self.dataset, sets.val.ids, cfg, masks)
         info["val_dice"] = map_dice(sets.val_maps, sets.val.masks)
         self.stage("teacher maps")
         info["maps_seconds"] = self.stages["teacher maps"]

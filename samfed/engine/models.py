@@ -18,7 +18,6 @@ from samfed.method.arrays import SegArrays
 from samfed.method.device import resolve_device
 from samfed.method.local_update import state_copy
 from samfed.method.server import init_global
-from samfed.train.run_dir import RunDir
 
 
 def new_model(arch: str, cfg: RunConfig, *keys) -> nn.Module:
@@ -60,12 +59,10 @@ def init_key(glob: nn.Module, labeled: SegArrays, cfg: RunConfig) -> str:
     return digest.hexdigest()
 
 
-def cached_init_global(
-    glob: nn.Module, labeled: SegArrays, cfg: RunConfig, run: RunDir | None = None
-) -> dict:
+def cached_init_global(glob: nn.Module, labeled: SegArrays, cfg: RunConfig) -> dict:
     """`init_global`, memoised in `cache_root(cfg)/global_init` under `init_key` (a pure speed-up:
-    training is deterministic for a given thread count). `run` is not used (kept for callers).
-    A cache entry that cannot be read is trained again."""
+    training is deterministic for a given thread count). A cache entry that cannot be read is
+    trained again."""
     from samfed.train.run_dir import atomic_write_bytes
 
     path = cache_root(cfg) / "global_init" / f"{init_key(glob, labeled, cfg)[:32]}.pt"

@@ -91,14 +91,12 @@ def compute_maps(
     dataset,
     ids: list[str],
     cfg: RunConfig,
-    run: RunDir | None = None,
     prompt_masks: np.ndarray | None = None,
 ) -> np.ndarray:
     """Teacher probabilities (N, S, S) float32 for `ids`, cached on disk (computed once per image).
 
-    The cache is `cache_root(cfg)`, keyed by the teacher's hash and the image content; `run` is
-    not used (kept for callers). prompt_masks: (N, S, S) bool masks of the initial global model,
-    for the ``global-box`` prompt.
+    The cache is `cache_root(cfg)`, keyed by the teacher's hash and the image content.
+    prompt_masks: (N, S, S) bool masks of the initial global model, for the ``global-box`` prompt.
     """
     from samfed.teacher import TeacherMapCache, teacher_maps
 

@@ -243,7 +243,6 @@ def node_teacher_maps(node: NodeSettings, data, spec: dict[str, Any], cfg, globa
 
     from samfed.data.readers import load_dataset
     from samfed.engine.teacher import compute_maps, prompt_masks
-    from samfed.train.run_dir import RunDir
 
     init_key = "" if global_init is None else _sha(*(v.numpy().tobytes() for v in global_init.values()))
     key = _sha(
@@ -266,10 +265,10 @@ def node_teacher_maps(node: NodeSettings, data, spec: dict[str, Any], cfg, globa
         if spec["teacher-kind"] != "torch" or not has_asset(node, str(spec["teacher-ref"]), "teacher-ref"):
             raise MapsMissing
         teacher = CachedMapsTeacher(asset_dir(node, str(spec["teacher-ref"]), "teacher-ref"))
-        maps = compute_maps(teacher, dataset, data.ids, node_cfg, RunDir(node.work_dir), masks)
+        maps = compute_maps(teacher, dataset, data.ids, node_cfg, masks)
     except MapsMissing:
         teacher = load_node_teacher(node, spec, threads)
-        maps = compute_maps(teacher, dataset, data.ids, node_cfg, RunDir(node.work_dir), masks)
+        maps = compute_maps(teacher, dataset, data.ids, node_cfg, masks)
     whole.parent.mkdir(parents=True, exist_ok=True)
     np.save(whole, maps)
     return maps

@@ -51,7 +51,7 @@ class InProcessClients(ClientStep):
             f"(prompt {teacher.prompt}; cached in {cache_root(cfg)})"
         )
         sets.teacher_maps = [
-            compute_maps(engine.maps_teacher, engine.dataset, c.ids, cfg, engine.run,
+            compute_maps(engine.maps_teacher, engine.dataset, c.ids, cfg,
                          prompt_masks(teacher.prompt, engine.glob, c, engine.prep))
             for c in sets.clients
         ]  # fmt: skip

@@ -1,4 +1,5 @@
-"""File hashing and atomic writes: the one definition shared by samfed, export and the edge runtime.
+"""File hashing, atomic writes and reading what they wrote: one definition shared by samfed,
+export and the edge runtime.
 
 Torch-free (standard library only), so the edge runtime imports it without the training stack.
 """
@@ -6,9 +7,11 @@ Torch-free (standard library only), so the edge runtime imports it without the t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 CHUNK = 1 << 20  # bytes read at a time while hashing
 
@@ -40,3 +43,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """`atomic_write_bytes` of `text` encoded as UTF-8."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json_or_empty(path: str | Path) -> Any:
+    """The JSON value in `path` (a file another process rewrites with `atomic_write_text`), or {}
+    when it is absent or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}

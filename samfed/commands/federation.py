@@ -16,6 +16,7 @@ from rich.console import Console
 from samfed.commands.renamed import Renamed
 from samfed.errors import SamfedError
 from samfed.federation import site_config as sc
+from samfed.fileio import read_json_or_empty
 
 _out = Console()
 
@@ -298,9 +299,9 @@ def _follow(server, status_file: Path, rounds_file: Path, run_id: int, home: Pat
         fp.remember_started()
         if checkpoint.is_file():  # round 0 is saved: from now on the folder is a run to resume
             (out / PENDING).unlink(missing_ok=True)
-        status = _read_json(status_file)
+        status = read_json_or_empty(status_file)
         if rounds_file.is_file():
-            rounds = _read_json(rounds_file) or []
+            rounds = read_json_or_empty(rounds_file) or []
             for rec in rounds[shown:]:
                 _out.print(_round_line(rec))
             shown = max(shown, len(rounds))
@@ -317,14 +318,6 @@ def _follow(server, status_file: Path, rounds_file: Path, run_id: int, home: Pat
             if fp.run_status(run_id, home).endswith(("failed", "stopped")):
                 raise SamfedError(f"Flower run {run_id} ended early; see {server.superlink.log}.")
         time.sleep(2)
-
-
-def _read_json(path: Path):
-    """A JSON file the ServerApp rewrites atomically; {} when absent or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _sites_table(status: dict):

@@ -31,6 +31,7 @@ from typing import Any
 
 from samfed.errors import SamfedError
 from samfed.federation import processes as fp
+from samfed.fileio import read_json_or_empty
 
 NODES_ENV = "SAMFED_SIMULATION_NODES"
 PARTITION_ID = "partition-id"  # what Flower's simulation runtime sets on each virtual node
@@ -252,10 +253,8 @@ def _wait_until_ended(run_id: int, home: Path, timeout: float = 60.0) -> None:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    """The JSON object in `path` ({} when absent, unreadable or not an object)."""
+    value = read_json_or_empty(path)
     return value if isinstance(value, dict) else {}
 
 

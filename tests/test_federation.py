@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from safetensors.torch import load_file
 
 from edge.node import RoundMeter, fit_batch_size, thread_env, training_bytes_per_sample
@@ -78,8 +78,10 @@ def test_reply_check_refuses_anything_but_weights_and_scalars():
     expected = {k: tuple(v.shape) for k, v in state.items()}
     ok = P.reply_content(state, {"loss": 0.5, "steps": 3}, {"partition-id": 0, "name": "a"})
     assert P.check_reply(ok, expected) is None
-    image = RecordDict({P.STATE: ArrayRecord(torch_state_dict={"image": torch.zeros(1, 3, 64, 64)})})
+    image = RecordDict({P.STATE: P.state_record({"image": torch.zeros(1, 3, 64, 64)})})
     assert "keys" in P.check_reply(image, expected)
+    unpacked = RecordDict({P.STATE: ArrayRecord(torch_state_dict=state)})  # one array per tensor
+    assert "not a packed state dict" in P.check_reply(unpacked, expected)
     leak = RecordDict({**ok, "maps": ArrayRecord([np.zeros((4, 64, 64), np.float32)])})
     assert "unexpected record" in P.check_reply(leak, expected)
     blob = RecordDict({P.INFO: ConfigRecord({"partition-id": 0, "mask": b"\x00" * 64})})
@@ -92,6 +94,59 @@ def test_reply_check_refuses_anything_but_weights_and_scalars():
         "a": 1.0,
         "d": 2.0,
     }
+
+
+def _packed(layout: object, data: bytes) -> ArrayRecord:
+    text = json.dumps(layout).encode()
+    return ArrayRecord(
+        {
+            P.LAYOUT: Array(np.frombuffer(text, np.uint8).copy()),
+            P.PACKED: Array(np.frombuffer(data, np.uint8).copy()),
+        }
+    )
+
+
+def test_packed_weights_round_trip_bit_exact_and_malformed_packs_are_refused():
+    state = {
+        **_state(),
+        "half": torch.randn(2, 3).to(torch.bfloat16),
+        "flag": torch.tensor([True, False]),
+        "empty": torch.zeros(0, 4),
+        "view": torch.arange(12.0).reshape(3, 4).t(),  # not contiguous
+    }
+    record = P.state_record(state)
+    assert set(record.keys()) == {P.LAYOUT, P.PACKED}  # two objects on the wire, not one per tensor
+    back = P.record_state(record)
+    assert list(back) == list(state)
+    for k, v in state.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    described = P.describe(RecordDict({P.STATE: record}))[P.STATE]["arrays"]
+    assert described["half"] == {"shape": [2, 3], "dtype": "bfloat16"}
+    assert described["conv.weight"]["shape"] == [16, 3, 3, 3]
+    bad = [
+        (_packed([["w", "float32", [2]]], b"\0" * 4), "describes 8 bytes, 4 were sent"),
+        (_packed([["w", "float32", [-1]]], b""), "bad shape"),
+        (_packed([["w", "object", [1]]], b"\0" * 8), "bad entry"),
+        (_packed([["w", "uint8", [1]], ["w", "uint8", [1]]], b"\0\0"), "bad entry"),
+        (_packed({"w": 1}, b""), "not a list"),
+        (
+            ArrayRecord(
+                {
+                    P.LAYOUT: Array(np.frombuffer(b"{[", np.uint8).copy()),
+                    P.PACKED: Array(np.zeros(0, np.uint8)),
+                }
+            ),
+            "not JSON",
+        ),
+        (
+            ArrayRecord({P.LAYOUT: Array(np.zeros(2, np.float32)), P.PACKED: Array(np.zeros(0, np.uint8))}),
+            "1-D uint8",
+        ),
+    ]
+    for rec, match in bad:
+        with pytest.raises(ValueError, match=match):
+            P.record_state(rec)
+        assert match in P.check_reply(RecordDict({P.STATE: rec}), {"w": (2,)})
 
 
 def test_dp_clip_noise_budget_and_groupnorm_requirement():

@@ -298,7 +298,8 @@ def test_local_round_refuses_bad_server_values_before_touching_disk_and_runs_goo
 
 
 def test_hello_identity_is_checked():
-    ok = P.read_hello({"partition-id": 2, "name": "Clinic Zürich-2", "num-samples": 40}, clients=3)
+    hello = {"partition-id": 2, "name": "Clinic Zürich-2", "num-samples": 40, "protocol": P.PROTOCOL_VERSION}
+    ok = P.read_hello(hello, clients=3)
     assert (ok.k, ok.name, ok.num_samples) == (2, "Clinic Zürich-2", 40)
     bad = [
         ({"partition-id": "abc"}, "partition-id"),
@@ -316,9 +317,12 @@ def test_hello_identity_is_checked():
         ({"num-samples": "40"}, "num-samples"),
         ({"num-samples": 1.5}, "num-samples"),
         ({"num-samples": P.MAX_SAMPLES + 1}, "num-samples"),
+        ({"protocol": P.PROTOCOL_VERSION - 1}, "protocol"),
+        ({"protocol": str(P.PROTOCOL_VERSION)}, "protocol"),
+        ({"protocol": None}, "protocol"),
     ]
     for change, key in bad:
-        info = {"partition-id": 0, "name": "a", "num-samples": 40, **change}
+        info = {"partition-id": 0, "name": "a", "num-samples": 40, "protocol": P.PROTOCOL_VERSION, **change}
         with pytest.raises(ValueError, match=key):
             P.read_hello(info, clients=3)
 

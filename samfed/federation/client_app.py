@@ -320,7 +320,10 @@ def checked_state(record, model, what: str) -> dict:
 
     if not isinstance(record, ArrayRecord):
         raise SamfedError(f"The server's train message lacks the {what}.")
-    state = P.record_state(record)
+    try:
+        state = P.record_state(record)
+    except ValueError as exc:
+        raise SamfedError(f"The server's {what} are malformed: {exc}.") from None
     reason = check_state(state, model.state_dict())
     if reason is not None:
         raise SamfedError(f"The server's {what} do not fit the model: {reason}.")

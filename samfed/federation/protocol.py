@@ -1,7 +1,8 @@
 """What the SAM-Fed server and nodes say to each other over Flower (record names, checks).
 
 Server -> node
-- query "hello":  config(kind, versions)                    -> info(partition-id, name, num-samples, assets)
+- query "hello":  config(protocol, asset hashes)           -> info(partition-id, name, num-samples,
+                                                               protocol, assets)
 - query "setup":  config + "public" (D_p at the working size, uint8) and "files" (an exported or
   saved teacher, when the node lacks it)                   -> info(ok)
 - train:          config(round, seed, run-config TOML, arch, asset hashes, dp-clip),
@@ -9,8 +10,11 @@ Server -> node
                   client's own weights from its last round)
                                                            -> "state" (weights), "metrics", "info"
 
-Node -> server replies may hold exactly the records of `REPLY_RECORDS`: an ArrayRecord whose keys
-are the model's state dict, a MetricRecord of scalars and a ConfigRecord of scalars (ids, names).
+Weights travel packed (`state_record`): one ArrayRecord of two uint8 arrays, a JSON layout of
+[name, dtype, shape] and the tensors' bytes, so a message is a few objects, not one per tensor.
+
+Node -> server replies may hold exactly the records of `REPLY_RECORDS`: a packed ArrayRecord whose
+tensors are the model's state dict, a MetricRecord of scalars and a ConfigRecord of scalars (ids, names).
 `check_reply` enforces that on the server (anything else is rejected); `reply_content` builds it
 on the node and refuses non-scalar values, so images, masks and teacher maps cannot leave a node.
 
@@ -23,6 +27,7 @@ a node's hello (`read_hello`) and every reply (`check_reply`, `samfed.federation
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -34,7 +39,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from samfed.errors import SamfedError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: weights travel packed (`state_record`)
 CONFIG, INFO, METRICS, STATE = "config", "info", "metrics", "state"
 GLOBAL, GLOBAL_INIT, LOCAL, PUBLIC, FILES = "global", "global-init", "local", "public", "files"
 REPLY_RECORDS = {STATE: ArrayRecord, METRICS: MetricRecord, INFO: ConfigRecord}
@@ -42,6 +47,13 @@ SCALARS = (int, float, bool, str)
 DIGEST_CHARS = 32  # hex characters of an `asset_digest`
 MAX_SAMPLES = 10_000_000  # most images one site may announce
 TEACHER_KINDS = ("onnx", "torch")
+LAYOUT, PACKED = "layout", "packed"  # the two arrays of a packed state dict
+STATE_DTYPES = {  # dtypes a state dict may carry -> bytes per element
+    "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8,
+    "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1,
+}  # fmt: skip
+MAX_LAYOUT_BYTES = 4 * 2**20
+MAX_DIM = 2**31
 _DIGEST = re.compile(f"[0-9a-f]{{{DIGEST_CHARS}}}")
 _ASSET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _NODE_NAME = re.compile(r"\w[\w .@+-]{0,63}")
@@ -184,9 +196,15 @@ class NodeIdentity:
 
 
 def read_hello(info: Mapping[str, Any], clients: int) -> NodeIdentity:
-    """A hello reply's info record -> NodeIdentity; ValueError(reason) unless partition-id is an int in
-    0..clients-1, name a short plain name (no markup) and num-samples an int in 1..MAX_SAMPLES."""
+    """A hello reply's info record -> NodeIdentity; ValueError(reason) unless protocol is
+    PROTOCOL_VERSION, partition-id an int in 0..clients-1, name a short plain name (no markup) and
+    num-samples an int in 1..MAX_SAMPLES."""
     k, name, n = info.get("partition-id"), info.get("name"), info.get("num-samples")
+    if type(info.get("protocol")) is not int or info.get("protocol") != PROTOCOL_VERSION:
+        raise ValueError(
+            f"it speaks samfed protocol {str(info.get('protocol'))[:20]}, this server speaks "
+            f"{PROTOCOL_VERSION}: run the same samfed version on the server and the nodes"
+        )
     if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < clients:
         raise ValueError(f"partition-id {str(k)[:40]!r} is not a client number 0..{clients - 1}")
     if not isinstance(name, str) or not _NODE_NAME.fullmatch(name):
@@ -199,13 +217,75 @@ def read_hello(info: Mapping[str, Any], clients: int) -> NodeIdentity:
 
 
 def state_record(state: Mapping[str, Any]) -> ArrayRecord:
-    """A torch state dict as an ArrayRecord (bit-exact; key order kept)."""
-    return ArrayRecord(torch_state_dict=dict(state))
+    """A torch state dict as a packed ArrayRecord: `LAYOUT` (UTF-8 JSON list of [name, dtype,
+    shape], uint8) and `PACKED` (every tensor's bytes in that order, uint8). Two objects travel
+    instead of one per tensor; bit-exact, key order kept."""
+    import torch
+
+    layout, parts = [], []
+    for name, value in state.items():
+        t = value.detach().cpu().contiguous()
+        dtype = str(t.dtype).removeprefix("torch.")
+        if dtype not in STATE_DTYPES:
+            raise ValueError(f"state[{name!r}] has dtype {dtype}, which the protocol does not carry")
+        layout.append([name, dtype, list(t.shape)])
+        parts.append(t.reshape(-1).view(torch.uint8))
+    packed = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
+    text = json.dumps(layout, separators=(",", ":")).encode()
+    return ArrayRecord({LAYOUT: Array(np.frombuffer(text, np.uint8).copy()), PACKED: Array(packed.numpy())})
+
+
+def _layout(record: ArrayRecord) -> tuple[list[tuple[str, str, tuple[int, ...]]], np.ndarray]:
+    """A packed record's checked layout and bytes; ValueError(reason) unless it holds exactly
+    `LAYOUT` and `PACKED` as 1-D uint8, the layout is a list of distinct [name, dtype in
+    `STATE_DTYPES`, shape of non-negative ints] and the sizes add up to the packed length."""
+    if set(record.keys()) != {LAYOUT, PACKED}:
+        raise ValueError("weights are not a packed state dict (expected exactly the arrays layout, packed)")
+    raw, packed = record[LAYOUT].numpy(), record[PACKED].numpy()
+    if raw.dtype != np.uint8 or raw.ndim != 1 or packed.dtype != np.uint8 or packed.ndim != 1:
+        raise ValueError("packed weights must be 1-D uint8 arrays")
+    if raw.size > MAX_LAYOUT_BYTES:
+        raise ValueError(f"the weights' layout is over {MAX_LAYOUT_BYTES} bytes")
+    try:
+        entries = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError("the weights' layout is not JSON") from None
+    if not isinstance(entries, list):
+        raise ValueError("the weights' layout is not a list")
+    layout, seen, total = [], set(), 0
+    for e in entries:
+        ok = isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and e[1] in STATE_DTYPES
+        shape = e[2] if ok else None
+        if not ok or not isinstance(shape, list) or len(shape) > 8 or e[0] in seen:
+            raise ValueError(f"bad entry in the weights' layout: {str(e)[:80]}")
+        if not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape):
+            raise ValueError(f"bad shape in the weights' layout: {str(e)[:80]}")
+        seen.add(e[0])
+        total += math.prod(shape) * STATE_DTYPES[e[1]]
+        layout.append((e[0], e[1], tuple(shape)))
+    if total != packed.size:
+        raise ValueError(f"the weights' layout describes {total} bytes, {packed.size} were sent")
+    return layout, packed
+
+
+def state_layout(record: ArrayRecord) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """A packed record's {name: (dtype, shape)}; ValueError(reason) if it is malformed."""
+    return {name: (dtype, shape) for name, dtype, shape in _layout(record)[0]}
 
 
 def record_state(record: ArrayRecord) -> dict[str, Any]:
-    """ArrayRecord -> torch state dict (CPU tensors, dtypes kept)."""
-    return dict(record.to_torch_state_dict())
+    """Packed ArrayRecord -> torch state dict (CPU tensors that own their memory, dtypes kept);
+    ValueError(reason) if the record is malformed (see `_layout`)."""
+    import torch
+
+    layout, packed = _layout(record)
+    flat = torch.from_numpy(packed)
+    out, offset = {}, 0
+    for name, dtype, shape in layout:
+        n = math.prod(shape) * STATE_DTYPES[dtype]
+        out[name] = flat[offset : offset + n].clone().view(getattr(torch, dtype)).reshape(shape)
+        offset += n
+    return out
 
 
 def arrays_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -247,14 +327,16 @@ def reply_content(
 
 
 def describe(content: RecordDict) -> dict[str, Any]:
-    """JSON-able summary of a message's content: per record its type and keys (+ shapes, dtypes)."""
+    """JSON-able summary of a message's content: per record its type and keys (+ shapes, dtypes;
+    a packed state dict is described by the tensors it holds)."""
     out: dict[str, Any] = {}
     for name, rec in content.items():
         if isinstance(rec, ArrayRecord):
-            out[name] = {
-                "type": "ArrayRecord",
-                "arrays": {k: {"shape": list(a.shape), "dtype": a.dtype} for k, a in rec.items()},
-            }
+            try:
+                arrays = {k: {"shape": list(s), "dtype": d} for k, (d, s) in state_layout(rec).items()}
+            except ValueError:
+                arrays = {k: {"shape": list(a.shape), "dtype": a.dtype} for k, a in rec.items()}
+            out[name] = {"type": "ArrayRecord", "arrays": arrays}
         elif isinstance(rec, MetricRecord):
             out[name] = {"type": "MetricRecord", "values": {k: type(v).__name__ for k, v in rec.items()}}
         else:
@@ -263,8 +345,9 @@ def describe(content: RecordDict) -> dict[str, Any]:
 
 
 def check_reply(content: RecordDict, expected: Mapping[str, tuple[int, ...]] | None) -> str | None:
-    """None if the reply holds only allowed records: state arrays named and shaped like `expected`
-    (None: no arrays allowed), scalar metrics and scalar info; else the reason."""
+    """None if the reply holds only allowed records: a packed state dict whose tensors are named and
+    shaped like `expected` (None: no weights allowed), scalar metrics and scalar info; else the
+    reason."""
     for name, rec in content.items():
         kind = REPLY_RECORDS.get(name)
         if kind is None or not isinstance(rec, kind):
@@ -272,12 +355,15 @@ def check_reply(content: RecordDict, expected: Mapping[str, tuple[int, ...]] | N
         if isinstance(rec, ArrayRecord):
             if expected is None:
                 return "unexpected weights in the reply"
-            keys = list(rec.keys())
-            if set(keys) != set(expected):
+            try:
+                layout = state_layout(rec)
+            except ValueError as exc:
+                return str(exc)
+            if set(layout) != set(expected):
                 return "reply arrays do not match the model's state dict keys"
-            for k in keys:
-                if tuple(rec[k].shape) != tuple(expected[k]):
-                    return f"reply array {k} has shape {tuple(rec[k].shape)}, expected {tuple(expected[k])}"
+            for k, (_, shape) in layout.items():
+                if shape != tuple(expected[k]):
+                    return f"reply array {k} has shape {shape}, expected {tuple(expected[k])}"
         else:
             for k, v in rec.items():
                 if not isinstance(v, SCALARS):

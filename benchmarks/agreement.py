@@ -5,7 +5,8 @@
 For every client image of the run (ground truth needed): teacher maps s (from the run's cache),
 global model g (RUN/global) and the client's own model l (RUN/clients/<k>), all at the working
 size and without augmentation. For each rule it reports the pseudo-label Dice and pixel accuracy
-against ground truth, the accuracy weighted by the rule's weights, and the mean weight; the
+against ground truth, the per-image Dice weighted by each image's mean weight (does a rule's
+weight find the better labels?), the accuracy weighted by the rule's weights, and the mean weight; the
 teacher-only rule is the reference the default must not fall below. Writes
 RUN/agreement_rules.md and .json.
 """
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         for v in AGREEMENTS
     }
     per_image_dice = {v: [] for v in AGREEMENTS}
+    per_image_weight = {v: [] for v in AGREEMENTS}
     for k, ids in enumerate(split.clients):
         data = split_arrays(dataset, ids, cfg.image_size, True)
         s = torch.from_numpy(compute_maps(teacher, dataset, ids, cfg))[:, None]
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             st["w"] += float(w.sum())
             st["px"] += float(c.numel())
             per_image_dice[v] += dice_batch(lab[:, 0].numpy(), gt[:, 0].numpy()).tolist()
+            per_image_weight[v] += w.flatten(1).mean(1).tolist()
     rows = []
     for v in AGREEMENTS:
         st = sums[v]
@@ -85,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
             {
                 "rule": v,
                 "pseudo_label_dice_mean": float(np.mean(per_image_dice[v])),
+                "image_weighted_dice": float(
+                    np.average(per_image_dice[v], weights=np.maximum(per_image_weight[v], 1e-9))
+                ),
                 "pooled_dice": 2 * st["inter"] / max(st["total"], 1),
                 "accuracy": st["correct"] / st["px"],
                 "weighted_accuracy": st["wcorrect"] / max(st["w"], 1e-9),
@@ -94,12 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"Agreement rules on {run.root} (ramp {args.ramp}, tau {tau}); client images vs ground truth",
         "",
-        "| rule | pseudo-label Dice (per image) | pooled Dice | accuracy | weighted acc. | mean weight |",
-        "|---|---|---|---|---|---|",
+        "| rule | pseudo-label Dice (per image) | image-weighted Dice | pooled Dice | accuracy "
+        "| weighted acc. | mean weight |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['rule']} | {r['pseudo_label_dice_mean']:.4f} | {r['pooled_dice']:.4f} "
+            f"| {r['rule']} | {r['pseudo_label_dice_mean']:.4f} | {r['image_weighted_dice']:.4f} "
+            f"| {r['pooled_dice']:.4f} "
             f"| {r['accuracy']:.4f} | {r['weighted_accuracy']:.4f} | {r['mean_weight']:.3f} |"
         )
     (run.root / "agreement_rules.md").write_text("\n".join(lines) + "\n")

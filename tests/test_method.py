@@ -73,6 +73,21 @@ def test_agreement_weighted_needs_global_and_confidence():
     assert torch.equal(lab_o, lab) and torch.equal(w_o, torch.ones_like(S))
 
 
+def test_agreement_reliable_weights_each_image_by_teacher_global_dice():
+    s, g, loc = torch.cat([S, S]), torch.cat([G, S]), torch.cat([L, L])  # image 1: global = teacher
+    lab, w = agreement(s, g, loc, "reliable", ramp=1.0, tau=0.8)
+    lab_o, _ = agreement(s, g, loc, "override", ramp=1.0, tau=0.8)
+    assert torch.equal(lab, lab_o)  # override's labels
+    # image 0: teacher mask 4 pixels, global mask 2 of them -> Dice 2 * 2 / 6
+    assert w[0].flatten().tolist() == pytest.approx([2 / 3] * 4) and w[1].flatten().tolist() == [1] * 4
+    _, w_half = agreement(s, g, loc, "reliable", ramp=0.5, tau=0.8)
+    assert w_half[0].flatten().tolist() == pytest.approx([1 - 0.5 / 3] * 4)
+    empty = torch.zeros_like(S)
+    assert agreement(empty, empty, L, "reliable")[1].flatten().tolist() == [1] * 4  # both empty
+    with pytest.raises(ValueError):
+        agreement(S, None, L, "reliable")
+
+
 def test_agreement_stats_counts():
     lab, w = agreement(S, G, L, "weighted", ramp=1.0)
     gt = m(1, 0, 1, 0)

@@ -23,6 +23,12 @@ Variants (``AGREEMENTS``; docs/method.md gives the measurements that chose the d
   agree.
 - ``override`` (the RunConfig default): the labels of ``weighted`` with weight 1 everywhere, so
   the disagreement pixels (mostly lesion borders) keep their full weight in the loss.
+- ``reliable``: the labels of ``override``; one weight per image, its reliability: the Dice of the
+  teacher's and the global model's hard masks (1 when both are empty), ramped as
+  1 - r(t) * (1 - Dice). An image where the teacher and the global model see different lesions
+  has a label that one of them gets wrong, so it counts less (image-level selection of reliable
+  pseudo-labels, as in ST++; here the global model, not an earlier checkpoint, is the second
+  opinion).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from samfed.registry import Registry
 
 AgreementRule = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 AGREEMENTS: Registry[AgreementRule] = Registry("agreement variant")
-NEEDS_GLOBAL = ("weighted", "override", "vote")  # variants that read the global model's map
+NEEDS_GLOBAL = ("weighted", "override", "vote", "reliable")  # variants that read the global model's map
 
 
 def confidence(p: torch.Tensor) -> torch.Tensor:
@@ -101,6 +107,16 @@ def _weighted(s, g, l, ramp, tau):  # noqa: E741
 @AGREEMENTS.register("override")
 def _override(s, g, l, ramp, tau):  # noqa: E741
     return _global_local(s, _needs_global(g, "override"), l, ramp, tau, weighted=False)
+
+
+@AGREEMENTS.register("reliable")
+def _reliable(s, g, l, ramp, tau):  # noqa: E741
+    """``override``'s labels, weighted per image by the teacher-global Dice (ramped)."""
+    g = _needs_global(g, "reliable")
+    label, _ = _global_local(s, g, l, ramp, tau, weighted=False)
+    dice = mask_dice((s > 0.5).flatten(1), (g > 0.5).flatten(1))
+    weight = 1.0 - ramp * (1.0 - dice)
+    return label, weight.view(-1, 1, 1, 1).expand_as(s).contiguous()
 
 
 @AGREEMENTS.register("ignore")

@@ -52,7 +52,7 @@ DEFAULT_ROWS = ",".join(
 HETERO = "students={student}/unet-s/resunet-lite"  # a pretrained, a from-scratch U-Net, an FPN family
 GPU_ROWS = ",".join(
     ["samfed", "samfed-no-agreement", "sam-only", "fixmatch", "supervised", "centralised"]
-    + [f"samfed@{HETERO}", f"fixmatch@{HETERO}"]
+    + ["samfed:reliable", f"samfed@{HETERO}", f"fixmatch@{HETERO}"]
 )
 # Defaults a preset sets (flags given on the command line win).
 PRESETS = {

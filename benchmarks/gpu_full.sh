@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The full-schedule accuracy benchmark on one GPU, in one command: every row (samfed,
-# samfed-no-agreement, sam-only, fixmatch, supervised, centralised, and samfed / fixmatch with the
+# samfed-no-agreement, sam-only, fixmatch, supervised, centralised, samfed:reliable (the
+# image-reliability agreement), and samfed / fixmatch with the
 # heterogeneous students STUDENT,unet-s,resunet-lite), seeds 0-2, 256 px, bf16, --device cuda,
 # 8 runs in parallel (benchmarks/accuracy.py --preset gpu-full).
 #

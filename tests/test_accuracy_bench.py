@@ -32,7 +32,7 @@ def test_gpu_preset_defaults_and_explicit_flags_win(acc, tmp_path):
 def test_rows_expand_the_student_and_take_list_settings(acc):
     rows = acc.expand_rows(acc.GPU_ROWS, "effl0-unet,unet-s")
     assert rows[:6] == ["samfed", "samfed-no-agreement", "sam-only", "fixmatch", "supervised", "centralised"]
-    assert "samfed@students=effl0-unet/unet-s/resunet-lite" in rows
+    assert "samfed@students=effl0-unet/unet-s/resunet-lite" in rows and "samfed:reliable" in rows
     method, extra = acc.parse_row("fixmatch@students=effl0-unet/unet-s/resunet-lite+lambda_kd=0.5")
     assert method == "fixmatch"
     assert extra == {"students": ["effl0-unet", "unet-s", "resunet-lite"], "lambda_kd": 0.5}

@@ -325,6 +325,26 @@ def ensure_init(args, seed: int) -> None:
     cached_init_global(new_model(cfg.global_arch, cfg, "global"), sets.labeled, cfg)
 
 
+def ensure_maps(args, seed: int, teacher_dir: str, say) -> None:
+    """Compute the seed's teacher maps (every client and validation image) into the shared cache
+    once, so that rows running in parallel read them instead of each computing the same maps. The
+    ``global-box`` prompt is left to the rows (its boxes come from the initial global model)."""
+    from samfed.data.partition import Split
+    from samfed.data.readers import load_dataset
+    from samfed.engine.teacher import compute_maps
+    from samfed.teacher import load_teacher
+    from samfed.train.run_dir import RunDir
+
+    teacher = maps_teacher(args, seed, teacher_dir, say) or load_teacher(teacher_dir)
+    if teacher.prompt == "global-box":
+        return
+    cfg = row_config(args, "samfed", seed)
+    split = Split.load(RunDir(args.out / "teachers" / f"seed{seed}").split)
+    ids = [i for c in split.clients for i in c] + list(split.val)
+    say(f"teacher maps of seed {seed} for {len(ids)} images (shared by its rows)")
+    compute_maps(teacher, load_dataset(cfg.data), ids, cfg)
+
+
 class BudgetSpent(KeyboardInterrupt):
     """--time-budget ran out. A KeyboardInterrupt, so `train` treats it as Ctrl-C: the rounds it
     finished are saved and the next invocation resumes the run."""
@@ -354,12 +374,15 @@ def budget(deadline: float | None) -> Iterator[None]:
 
 
 def _seed_job(args, seed: int, needs_teacher: bool, deadline: float | None) -> tuple[bool, str | None]:
-    """Everything the rows of one seed share: the fine-tuned teacher and the initial global model.
+    """Everything the rows of one seed share: the fine-tuned teacher, the initial global model and,
+    with parallel jobs, the teacher maps.
     Returns (ready, teacher folder); ready is False when the budget ran out first."""
     try:
         with budget(deadline):
             teacher_dir = ensure_teacher(args, seed, _stamp) if needs_teacher else None
             ensure_init(args, seed)
+            if teacher_dir is not None and args.jobs > 1:
+                ensure_maps(args, seed, teacher_dir, _stamp)
     except BudgetSpent:
         _stamp(f"time budget spent while preparing seed {seed}")
         return False, None

@@ -132,6 +132,15 @@ def test_packed_weights_round_trip_bit_exact_and_malformed_packs_are_refused():
         (
             ArrayRecord(
                 {
+                    P.LAYOUT: Array(dtype="uint8", shape=(2,), stype="raw", data=b"[]"),
+                    P.PACKED: Array(np.zeros(0, np.uint8)),
+                }
+            ),
+            "not readable",
+        ),
+        (
+            ArrayRecord(
+                {
                     P.LAYOUT: Array(np.frombuffer(b"{[", np.uint8).copy()),
                     P.PACKED: Array(np.zeros(0, np.uint8)),
                 }

@@ -241,7 +241,10 @@ def _layout(record: ArrayRecord) -> tuple[list[tuple[str, str, tuple[int, ...]]]
     `STATE_DTYPES`, shape of non-negative ints] and the sizes add up to the packed length."""
     if set(record.keys()) != {LAYOUT, PACKED}:
         raise ValueError("weights are not a packed state dict (expected exactly the arrays layout, packed)")
-    raw, packed = record[LAYOUT].numpy(), record[PACKED].numpy()
+    try:
+        raw, packed = record[LAYOUT].numpy(), record[PACKED].numpy()
+    except (TypeError, ValueError, OSError, EOFError):
+        raise ValueError("packed weights are not readable numpy arrays") from None
     if raw.dtype != np.uint8 or raw.ndim != 1 or packed.dtype != np.uint8 or packed.ndim != 1:
         raise ValueError("packed weights must be 1-D uint8 arrays")
     if raw.size > MAX_LAYOUT_BYTES:

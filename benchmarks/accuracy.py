@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import statistics
@@ -70,6 +71,7 @@ PRESETS = {
     ),
 }
 EXIT_UNFINISHED = 75  # --time-budget ran out with runs left (EX_TEMPFAIL): run the command again
+EXIT_ORPHANED = 70  # a parallel worker whose benchmark process is gone (EX_SOFTWARE)
 
 # The reduced schedule fits a shared 2-core CPU (hours for all rows of one seed at 128 px); the
 # full one is for a GPU or a long CPU run.
@@ -305,11 +307,22 @@ def run_row(args, row: str, seed: int, teacher_dir: str | None, say) -> dict:
     return train(cfg, out.root, resume=resume, progress=args.verbose, teacher=teacher).summary
 
 
-def _job_init(threads: int | None) -> None:
+def _job_init(threads: int | None, parent_pid: int) -> None:
+    """Set the worker's torch threads and make it exit when the benchmark process is gone (a `kill`
+    of the parent reaches only the parent; orphaned workers would go on training)."""
+    import threading
+
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(2.0)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=exit_with_parent, name="exit-with-parent", daemon=True).start()
 
 
 def ensure_init(args, seed: int) -> None:
@@ -427,7 +440,7 @@ def run_parallel(args, rows: list[str], seeds: list[int], needs_teacher: bool, d
     todo = [s for s in seeds if any(finished_summary(args, r, s) is None for r in rows)]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        args.jobs, mp_context=ctx, initializer=_job_init, initargs=(args.threads,)
+        args.jobs, mp_context=ctx, initializer=_job_init, initargs=(args.threads, os.getpid())
     ) as pool:
         n = len(todo)
         setups = pool.map(_seed_job, [args] * n, todo, [needs_teacher] * n, [deadline] * n)

@@ -75,3 +75,53 @@ def test_budget_interrupts_at_the_deadline(acc):
             time.sleep(0.01)
     assert time.time() - t0 < 2
     assert issubclass(acc.BudgetSpent, KeyboardInterrupt)  # train() keeps the finished rounds
+
+
+PARENT = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+
+sys.path.insert(0, {bench!r})
+import accuracy
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=accuracy._job_init,
+                             initargs=(1, os.getpid())) as pool:
+        busy = pool.submit(time.sleep, 120)
+        while not busy.running():
+            time.sleep(0.1)
+        print(*pool._processes, flush=True)
+        busy.result()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_busy_parallel_worker_exits_when_the_benchmark_process_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT.format(bench=str(ROOT / "benchmarks")))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        time.sleep(1.0)  # the task is running in the worker
+        assert workers and all(_alive(p) for p in workers) and parent.poll() is None
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.time() + 30
+        while any(_alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in workers)
+    finally:
+        parent.kill()

@@ -156,7 +156,7 @@ class RunConfig:
     rounds: int = setting(4, ge=0, le=10_000)
     local_epochs: int = setting(1, ge=1, le=10_000)
     server_epochs: int = setting(20, ge=0, le=10_000)  # initial supervised training on D_p
-    warmup_epochs: int = setting(10, ge=0, le=10_000)  # client warm-up on D_p (heterogeneous students only)
+    warmup_epochs: int = setting(40, ge=0, le=10_000)  # client warm-up on D_p (heterogeneous students only)
     distill_epochs: int = setting(5, ge=1, le=10_000)
     # after each aggregation, re-estimate the global model's BatchNorm statistics on D_p (clean)
     bn_recalibration: bool = setting(False)  # server ensemble distillation per round

@@ -423,7 +423,9 @@ def test_cli_serve_and_two_nodes_match_inprocess_and_send_only_weights(fed_world
 EQUIVALENCE_CASES = {
     # heterogeneous students: clients keep their weights, the server distils their ensemble on D_p;
     # the teacher is prompted with boxes from the initial global model's masks
-    "distill-global-box": dict(students=["unet-s", "mobile-unet"], teacher_prompt="global-box"),
+    "distill-global-box": dict(
+        students=["unet-s", "mobile-unet"], teacher_prompt="global-box", warmup_epochs=2
+    ),
     # client-level DP: nodes clip their updates, the server adds Gaussian noise (GroupNorm students)
     "dp-fedavg": dict(norm="group", dp_clip=0.5, dp_noise=0.3),
 }

@@ -14,6 +14,7 @@ from samfed.method.arrays import SegArrays, generator, predict_proba
 from samfed.method.augment import strong_augment, weak_augment
 from samfed.method.local_update import client_update, make_optimizer, supervised_steps
 from samfed.method.losses import kd_loss, seg_loss, sigmoid_rampup, weighted_bce, weighted_soft_dice
+from samfed.method.precision import native_bf16
 from samfed.models import create_student
 
 torch.set_num_threads(1)  # the CI machine is shared; one thread is faster under contention
@@ -247,6 +248,16 @@ def test_bf16_client_update_is_deterministic_float32_and_contiguous():
         glob, create_student("unet-s"), client, maps, labeled, toy_cfg(method="samfed"), 1, 3
     )[0]
     assert not all(torch.equal(runs[0][k], fp32[k]) for k in fp32)  # bf16 really ran
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "native"), [(False, False, False), (True, False, True), (False, True, True)]
+)
+def test_native_bf16_follows_the_cpu_flags_and_any_gpu_has_it(monkeypatch, amx, avx512_bf16, native):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert native_bf16(torch.device("cpu")) is native
+    assert native_bf16(torch.device("cuda")) is True
 
 
 @pytest.mark.parametrize("method", ["samfed-no-sam", "fixmatch", "sam-only"])

@@ -17,6 +17,18 @@ from torch import nn
 PRECISIONS = ("fp32", "bf16")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 convolutions run in hardware: any GPU, or a CPU with AMX or AVX512-BF16.
+    Elsewhere torch emulates them, several times slower than float32."""
+    if device.type != "cpu":
+        return True
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    checks = [getattr(torch.cpu, name, None) for name in probes]
+    if not any(checks):
+        return True  # this torch cannot tell: trust the user's choice
+    return any(check() for check in checks if check is not None)
+
+
 @contextmanager
 def training_layout(precision: str, *models: nn.Module | None) -> Iterator[None]:
     """Channels-last weights for the duration of a bf16 training loop, contiguous again afterwards."""

@@ -28,6 +28,7 @@ from samfed.engine.teacher import cache_root, compute_maps, prompt_masks
 from samfed.errors import SamfedError
 from samfed.method.arrays import concat
 from samfed.method.device import resolve_device
+from samfed.method.precision import native_bf16
 from samfed.method.server import baseline_round
 from samfed.train.compare import mean_client_size
 from samfed.train.console_log import RunLog
@@ -111,8 +112,14 @@ def train(
     log = RunLog(console or Console(quiet=not progress))
     t_start = time.perf_counter()
     validate_config(cfg)
-    if resolve_device(cfg.device).type == "cuda":
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+    if cfg.precision == "bf16" and not native_bf16(device):
+        log.say(
+            "[yellow]warning[/]: this CPU has no AMX or AVX512-BF16, so precision bf16 is emulated and "
+            "slower than fp32; use --precision fp32"
+        )
     run = RunDir(out)
     check_run_folder(run, resume)
     require_writable_cache(cache_root(cfg))

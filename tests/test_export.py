@@ -83,11 +83,12 @@ def test_onnx_fp32_and_ort_int8_round_trip(name, tmp_path, polyp_dir):
     ops = {n.op_type for n in onnx.load(int8).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     q = open_session(int8, threads=1).run(x)
-    # Random-init stand-ins quantise worse than trained students (deep mobile-unet: Dice ~0.8,
-    # the others ~0.95); a broken quantisation gives Dice ~0.5 and no correlation.
+    # Random-init stand-ins quantise worse than trained students (deep mobile-unet: Dice ~0.8 on
+    # an AVX-512 VNNI CPU, 0.74 on an AVX2-only one; the others ~0.95); a broken quantisation gives
+    # Dice ~0.5 and no correlation.
     agree = mask_agreement(ref, q)
-    assert agree["dice_mean"] > 0.75, agree
-    assert np.corrcoef(ref.ravel(), q.ravel())[0, 1] > 0.75
+    assert agree["dice_mean"] > 0.7, agree
+    assert np.corrcoef(ref.ravel(), q.ravel())[0, 1] > 0.6  # mobile-unet: 0.66 on an AVX2-only CPU
     assert agree["max_abs_logit_diff"] > 0  # it really is quantised
 
 

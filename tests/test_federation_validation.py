@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -292,6 +293,30 @@ def test_local_round_refuses_bad_server_values_before_touching_disk_and_runs_goo
     assert state.keys() == model.state_dict().keys() and metrics["num_samples"] == 24
     report = [json.loads(line) for line in (node.work_dir / CA.REPORT).read_text().splitlines()]
     assert report[-1]["round"] == 1 and report[-1]["peak_rss_mb"] > 0
+
+
+def test_a_node_emulating_bf16_says_so_and_the_server_warns_once_per_site(tmp_path, polyp_dir, monkeypatch):
+    import tomli_w
+
+    from samfed.federation.server_app import Client, FederatedRun
+
+    node = CA.NodeSettings(
+        data_path=polyp_dir, partition_id=0, name="a", work_dir=tmp_path / "node", threads=1
+    )
+    digest = _stored_public(node, polyp_dir)
+    content = RecordDict({P.GLOBAL: P.state_record(create_student("unet-s", norm="batch").state_dict())})
+    run = CA.node_run_config(_train_cfg()["run-config"])
+    said: list[str] = []
+    site = SimpleNamespace(clients_by_k={0: Client(0, "a", 7, 24)}, bf16_warned=set(), say=said.append)
+    for precision, native, reported in [("fp32", False, None), ("bf16", True, 1.0), ("bf16", False, 0.0)]:
+        for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+            monkeypatch.setattr(torch.cpu, probe, lambda native=native: native, raising=False)
+        text = tomli_w.dumps(run.override(precision=precision).method_settings())
+        _, metrics = CA.local_round(node, _train_cfg(**{"public-hash": digest, "run-config": text}), content)
+        assert metrics.get("bf16_native") == reported
+        for _ in range(2):  # two rounds
+            FederatedRun.warn_emulated_bf16(site, {0: dict(P.scalar_metrics(metrics))})
+    assert len(said) == 1 and "site a has no AMX or AVX512-BF16" in said[0]
 
 
 # ---- node -> server: identity and sample counts ------------------------------------------------

@@ -427,4 +427,10 @@ def local_round(
         batch_size=batch,
         process_startup_s=startup_s,
     )
+    if cfg.precision == "bf16":  # the server warns when this node emulates it
+        import torch
+
+        from samfed.method.precision import native_bf16
+
+        metrics["bf16_native"] = float(native_bf16(torch.device("cpu")))
     return state, metrics

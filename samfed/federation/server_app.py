@@ -41,6 +41,7 @@ from samfed.engine.engine import ClientStep, ClientUpdate, Engine, RoundUpdates
 from samfed.errors import SamfedError
 from samfed.federation import protocol as P
 from samfed.federation.options import ServerOptions
+from samfed.method.precision import BF16_EMULATED
 from samfed.train.run_dir import atomic_write_text
 
 app = ServerApp()
@@ -103,6 +104,7 @@ class FederatedRun(ClientStep):
         self.nodes: dict[str, str] = {}  # site name -> its state in the current round
         self.teacher_spec: dict[str, Any] = {}
         self.teacher_files: dict[str, bytes] = {}
+        self.bf16_warned: set[str] = set()  # sites already told that they emulate bf16
 
     # -- status ----------------------------------------------------------------------------------
     def status(self, state: str, **extra: Any) -> None:
@@ -443,6 +445,7 @@ class FederatedRun(ClientStep):
             "train", contents, r, self.opts.round_timeout, quorum=self.opts.min_clients
         )
         updates, metrics = self.read_replies(targets, replies, failures, sent, out)
+        self.warn_emulated_bf16(metrics)
         keys = self.accept(r, updates, sent, out)
         if len(keys) < self.opts.min_clients:
             self._record_round(r, out, {}, time.perf_counter() - t0, closed=False)
@@ -457,6 +460,17 @@ class FederatedRun(ClientStep):
             result.append(ClientUpdate(k, updates[str(k)], n, {**metrics[k], **extra}))
         facts = self._record_round(r, out, metrics, time.perf_counter() - t0, closed=True)
         return RoundUpdates(result, facts)
+
+    def warn_emulated_bf16(self, metrics: dict[int, dict]) -> None:
+        """Say once per site that it trains in emulated bf16 (its reply's ``bf16_native`` is 0)."""
+        for k, m in metrics.items():
+            name = self.clients_by_k[k].name
+            if m.get("bf16_native") == 0.0 and name not in self.bf16_warned:
+                self.bf16_warned.add(name)
+                self.say(
+                    f"[yellow]warning[/]: site {escape(name)} has {BF16_EMULATED}; "
+                    'set precision = "fp32" in the run config'
+                )
 
     def round_targets(self, r: int) -> tuple[list[Client], RoundOutcome]:
         """The ready online clients of round r (by client number) and the outcome so far (the

@@ -28,7 +28,7 @@ from samfed.engine.teacher import cache_root, compute_maps, prompt_masks
 from samfed.errors import SamfedError
 from samfed.method.arrays import concat
 from samfed.method.device import resolve_device
-from samfed.method.precision import native_bf16
+from samfed.method.precision import BF16_EMULATED, native_bf16
 from samfed.method.server import baseline_round
 from samfed.train.compare import mean_client_size
 from samfed.train.console_log import RunLog
@@ -116,10 +116,7 @@ def train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     if cfg.precision == "bf16" and not native_bf16(device):
-        log.say(
-            "[yellow]warning[/]: this CPU has no AMX or AVX512-BF16, so precision bf16 is emulated and "
-            "slower than fp32; use --precision fp32"
-        )
+        log.say(f"[yellow]warning[/]: this CPU has {BF16_EMULATED}; use --precision fp32")
     run = RunDir(out)
     check_run_folder(run, resume)
     require_writable_cache(cache_root(cfg))

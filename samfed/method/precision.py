@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 PRECISIONS = ("fp32", "bf16")
-BF16_EMULATED = "no AMX or AVX512-BF16, so precision bf16 is emulated there and slower than fp32"
+BF16_EMULATED = "no AMX or AVX512-BF16, so precision bf16 is emulated and slower than fp32"
 
 
 def native_bf16(device: torch.device) -> bool:
